@@ -1,0 +1,1 @@
+"""Baseline adapters: one method per file."""

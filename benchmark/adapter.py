@@ -1,0 +1,107 @@
+"""The adapter contract: what the runner gives a method and what it expects back.
+
+The runner owns data, references, seeds, preprocessing, caching, timing and metrics. An adapter
+owns only its method: it turns (references, query images) into (image scores, anomaly maps) and,
+for trained methods, learns on the source domain first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.preprocessing import Preprocessing
+
+# Reference settings an adapter can declare support for.
+NORMAL = "normal"  # N^k: k normal references
+NORMAL_ABNORMAL = "normal+abnormal"  # N^k+A^j: k normal plus j abnormal references with masks
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass
+class ImageBatch:
+    """Preprocessed images with what the runner knows about them.
+
+    images: [B, 3, H, W] float tensor after the adapter's preprocessing.
+    keys: one content key per image (image sha256 + preprocessing) for feature caches.
+    original_sizes: (height, width) of each image as stored on disk; maps are scored there.
+    samples: the rows of the sample table (path, category, split, label, defect, mask).
+    """
+
+    images: torch.Tensor
+    keys: list[str]
+    original_sizes: list[tuple[int, int]]
+    samples: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class ReferenceSet(ImageBatch):
+    """Reference images; abnormal references also carry their masks in model space [n, H, W]."""
+
+    masks: torch.Tensor | None = None
+
+
+@dataclass
+class Prediction:
+    """image_scores: [B]; anomaly_maps: one [h, w] array per image at its original size, or None."""
+
+    image_scores: np.ndarray
+    anomaly_maps: list[np.ndarray] | None = None
+
+
+@dataclass
+class RunContext:
+    """What the runner lends an adapter: device, weights, feature extraction, a work folder."""
+
+    device: torch.device
+    weights: Any  # benchmark.weights.WeightStore
+    features: Any  # benchmark.features.FeatureService
+    workdir: Path
+    allow_download: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Adapter:
+    """Base class for every method. Subclasses set the class attributes and override the hooks."""
+
+    name: ClassVar[str] = "adapter"
+    supports: ClassVar[tuple[str, ...]] = (NORMAL,)
+    trains_on_source: ClassVar[bool] = False
+    pixel_level: ClassVar[bool] = True
+    default_config: ClassVar[dict] = {}
+
+    def __init__(self, config: dict | None, context: RunContext):
+        self.config = {**self.default_config, **(config or {})}
+        self.context = context
+
+    # --- what the runner asks of every method -------------------------------------------
+    def preprocessing(self) -> Preprocessing:
+        """How the runner must prepare images (size, resize mode, crop, mean, std)."""
+        raise NotImplementedError
+
+    def fit_source(self, source: pd.DataFrame, seed: int, workdir: Path) -> Path | None:
+        """Train once on the source domain; return the checkpoint (same config -> same file)."""
+        return None
+
+    def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
+        """Called once per (target category, setting, seed, abnormal reference group)."""
+        raise NotImplementedError
+
+    def predict(self, batch: ImageBatch) -> Prediction:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Parameter counts, backbone, weights checksum, preprocessing: written into every row."""
+        return {"name": self.name, "preprocessing": self.preprocessing().describe()}
+
+    def weights_status(self) -> list[dict]:
+        """Weight files this configuration needs (name, path, sha256, present, valid, source)."""
+        return []

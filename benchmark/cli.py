@@ -1,0 +1,175 @@
+"""`gadbench` command line: run | tables | refs | list | weights | prepare."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmark.config import CONFIG_DIR, PROJECT_ROOT
+from benchmark.errors import GadbenchError
+
+DEFAULT_EXPERIMENT = CONFIG_DIR / "experiments" / "mini.yaml"
+DEFAULT_RESULTS = PROJECT_ROOT / "results"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", "-e", default=str(DEFAULT_EXPERIMENT), help="experiment YAML (default: mini)")
+    parser.add_argument("--data-root", help="folder holding the data sets (default: $DATA_ROOT, else the experiment's data_root)")
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="results folder (runs, references, tables)")
+    parser.add_argument("--adapter", help="run this adapter instead of the experiment's methods: a registered name, module:Class or file.py:Class")
+    parser.add_argument("--method", action="append", help="run only this method of the experiment (repeatable)")
+
+
+def _experiment(args):
+    from benchmark.experiment import load_experiment
+
+    return load_experiment(args.experiment, args.data_root, args.adapter, args.method)
+
+
+def cmd_run(args) -> int:
+    from benchmark.runner import Runner, pick_device
+    from benchmark.weights import WeightStore
+
+    experiment = _experiment(args)
+    runner = Runner(experiment, Path(args.results), pick_device(args.device),
+                    WeightStore(args.weights_dir, args.allow_download), batch_size=args.batch_size,
+                    show_progress=not args.no_progress, debug=args.debug)
+    summary = runner.run()
+    print(f"{experiment.name}: {summary['total']} cells: {summary['already_done']} already done, "
+          f"{summary['done']} run, {summary['skipped']} skipped, {summary['failed']} failed")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_tables(args) -> int:
+    from benchmark.tables import write_tables
+
+    written = write_tables(_experiment(args), Path(args.results))
+    print("\nwrote " + ", ".join(str(p.relative_to(Path(args.results).resolve().parent)) if p.is_absolute() else str(p) for p in written))
+    return 0
+
+
+def cmd_refs(args) -> int:
+    from benchmark.references import ensure_manifest
+    from benchmark.runner import Runner
+
+    experiment = _experiment(args)
+    runner = Runner(experiment, Path(args.results), show_progress=False)
+    made = 0
+    targets = sorted({t for _, t in experiment.pairs})
+    for target in targets:
+        spec = experiment.datasets[target]
+        table = runner.table(target)
+        for category in sorted(table.category.unique()):
+            for setting in experiment.settings:
+                for seed in experiment.seeds:
+                    path, _ = ensure_manifest(Path(args.results) / "references", target, spec.root, table, category,
+                                              setting, seed, experiment.protocol,
+                                              experiment.protocol_options["nested_block"], spec.mask_threshold)
+                    made += 1
+    print(f"{made} manifests present and verified under {Path(args.results) / 'references' / experiment.protocol}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from tabulate import tabulate
+
+    from benchmark import registry
+    from benchmark.config import load_yaml
+
+    rows = []
+    for name in registry.known():
+        cls = registry.resolve(name)
+        rows.append([name, registry.ADAPTERS[name], ", ".join(cls.supports), "yes" if cls.trains_on_source else "no"])
+    print("adapters\n" + tabulate(rows, headers=["name", "class", "settings", "trains on source"]))
+    methods = []
+    for path in sorted((CONFIG_DIR / "methods").glob("*.yaml")):
+        data = load_yaml(path)
+        methods.append([path.stem, data.get("adapter"), data.get("label", "")])
+    print("\nmethods (configs/methods)\n" + tabulate(methods, headers=["name", "adapter", "label"]))
+    datasets = [[n, d["layout"], d["root"], d.get("display", "")] for n, d in load_yaml(CONFIG_DIR / "datasets.yaml").items()]
+    print("\ndatasets (configs/datasets.yaml)\n" + tabulate(datasets, headers=["name", "layout", "root", "display"]))
+    experiments = [[p.stem, load_yaml(p).get("description", "")] for p in sorted((CONFIG_DIR / "experiments").glob("*.yaml"))]
+    print("\nexperiments (configs/experiments)\n" + tabulate(experiments, headers=["name", "description"]))
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from tabulate import tabulate
+
+    from benchmark.config import backbone_catalogue
+    from benchmark.weights import WeightFile, WeightStore
+
+    store = WeightStore(args.weights_dir, allow_download=False)
+    rows = []
+    for name, entry in backbone_catalogue().items():
+        status = store.status(WeightFile.from_config(name, entry["weights"]))
+        state = "ok" if status["valid"] else ("wrong sha256" if status["present"] else "missing")
+        rows.append([name, status["file"], state, status["expected_sha256"][:16], status["path"] if status["present"] else "", status["get"]])
+    print(f"weights folder: {store.dir}")
+    print(tabulate(rows, headers=["backbone", "file", "status", "sha256 (expected)", "found at", "where to get it"]))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from benchmark.datasets.synthetic import DOMAINS, generate
+
+    if args.what == "synthetic":
+        for domain in args.domain or sorted(DOMAINS):
+            out = generate(Path(args.out) / domain, domain, seed=args.seed, size=args.size)
+            print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gadbench", description="Generalist anomaly detection benchmark harness")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the cells of an experiment (finished cells are skipped)")
+    _common(run)
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    run.add_argument("--weights-dir", help="local weights folder (default: $GADBENCH_WEIGHTS, else ./weights)")
+    run.add_argument("--allow-download", action="store_true", help="let missing weights be downloaded (needs internet)")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    tables = sub.add_parser("tables", help="write results/tables from the cell files")
+    _common(tables)
+    tables.set_defaults(func=cmd_tables)
+
+    refs = sub.add_parser("refs", help="reference manifests")
+    refs.add_argument("action", choices=["make", "verify"], help="make: create missing manifests and verify all; verify: the same, a no-op when all exist")
+    _common(refs)
+    refs.set_defaults(func=cmd_refs)
+
+    listing = sub.add_parser("list", help="adapters, methods, datasets and experiments")
+    listing.set_defaults(func=cmd_list)
+
+    weights = sub.add_parser("weights", help="which weight files each backbone expects, and whether they are here")
+    weights.add_argument("--weights-dir")
+    weights.set_defaults(func=cmd_weights)
+
+    prepare = sub.add_parser("prepare", help="prepare data sets")
+    prepare.add_argument("what", choices=["synthetic"])
+    prepare.add_argument("--out", required=True)
+    prepare.add_argument("--domain", action="append")
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--size", type=int, default=256)
+    prepare.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GadbenchError as error:
+        if args.debug:
+            raise
+        print(f"gadbench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gadbench: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,80 @@
+"""Dataset readers. Every layout becomes one sample table with the columns SAMPLE_COLUMNS:
+
+path (absolute), category, split ('train' | 'test'), label (0 normal, 1 anomalous),
+defect ('good' for normal images), mask (absolute path, or None for normal images).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.errors import GadbenchError, closest
+
+SAMPLE_COLUMNS = ["path", "category", "split", "label", "defect", "mask"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+# layout -> "module:function(root, **options) -> DataFrame"
+READERS = {
+    "mvtec": "benchmark.datasets.mvtec:read_mvtec",
+    "visa": "benchmark.datasets.visa:read_visa",
+    "magnetic_tile": "benchmark.datasets.magnetic_tile:read_magnetic_tile",
+    "synthetic": "benchmark.datasets.synthetic:read_synthetic",
+}
+
+
+@dataclass
+class DatasetSpec:
+    """One entry of configs/datasets.yaml, with its root resolved against the data root."""
+
+    name: str
+    layout: str
+    root: Path
+    display: str = ""
+    mask_threshold: int = 127  # mask pixel is anomalous if value > threshold
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.display or self.name
+
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    table["label"] = table["label"].astype(int)
+    table["mask"] = table["mask"].astype(object).where(table["mask"].notna(), None)
+    return table.sort_values(["category", "split", "label", "defect", "path"], kind="stable").reset_index(drop=True)
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_dataset(spec: DatasetSpec) -> pd.DataFrame:
+    """Read any layout into a validated sample table."""
+    if spec.layout not in READERS:
+        raise GadbenchError(f"dataset {spec.name!r}: unknown layout {spec.layout!r}{closest(spec.layout, READERS)}")
+    if not spec.root.exists() and spec.layout != "synthetic":
+        raise GadbenchError(
+            f"dataset {spec.name!r}: data root {spec.root} does not exist; set DATA_ROOT or --data-root to the folder that holds it"
+        )
+    module_name, _, function_name = READERS[spec.layout].partition(":")
+    reader = getattr(importlib.import_module(module_name), function_name)
+    table = reader(spec.root, **spec.options)
+    if table.empty:
+        raise GadbenchError(f"dataset {spec.name!r}: no images found under {spec.root}; check the layout ({spec.layout})")
+    return table
+
+
+def check_category(table: pd.DataFrame, dataset: str, category: str) -> None:
+    """The minimum a category needs to be a target: normal train images and a test split."""
+    rows = table[table.category == category]
+    if rows.empty:
+        raise GadbenchError(f"dataset {dataset!r}: no category {category!r}{closest(category, table.category.unique())}")
+    if not ((rows.split == "train") & (rows.label == 0)).any():
+        raise GadbenchError(f"dataset {dataset!r}, category {category!r}: no train/good images; normal references come from there")
+    if not (rows.split == "test").any():
+        raise GadbenchError(f"dataset {dataset!r}, category {category!r}: empty test set; nothing to score")

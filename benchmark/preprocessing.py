@@ -1,0 +1,67 @@
+"""Image and mask preprocessing as a value: methods declare it, the runner applies it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_INTERPOLATION = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """size: model input (square). resize: 'squash' (to size x size, no crop, as NAGL) or
+    'shorter' (shorter side to resize_to, then centre crop of size, as PatchCore)."""
+
+    size: int
+    resize: str = "squash"
+    resize_to: int | None = None
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self):
+        if self.resize not in ("squash", "shorter"):
+            raise ValueError(f"preprocessing.resize must be 'squash' or 'shorter', not {self.resize!r}")
+        if self.resize == "shorter" and (self.resize_to or 0) < self.size:
+            raise ValueError("preprocessing.resize_to must be >= size for resize='shorter'")
+
+    def describe(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @property
+    def key(self) -> str:
+        """A short stable id used in cache keys."""
+        blob = json.dumps(self.describe(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def _geometry(self, pil: Image.Image, interpolation) -> Image.Image:
+        if self.resize == "squash":
+            return pil.resize((self.size, self.size), interpolation)
+        width, height = pil.size
+        scale = self.resize_to / min(width, height)
+        new_w, new_h = max(self.size, round(width * scale)), max(self.size, round(height * scale))
+        pil = pil.resize((new_w, new_h), interpolation)
+        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
+        return pil.crop((left, top, left + self.size, top + self.size))
+
+    def image(self, pil: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> normalised [3, size, size] float tensor."""
+        pil = self._geometry(pil.convert("RGB"), _INTERPOLATION[self.interpolation])
+        array = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (array - mean) / std
+
+    def mask(self, mask: np.ndarray) -> torch.Tensor:
+        """Boolean mask at the original size -> {0, 1} float [size, size], same geometry, nearest."""
+        pil = Image.fromarray(mask.astype(np.uint8) * 255)
+        pil = self._geometry(pil, Image.NEAREST)
+        return torch.from_numpy((np.asarray(pil) > 127).astype(np.float32))

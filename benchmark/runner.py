@@ -1,0 +1,217 @@
+"""The runner: grid -> cells; one cell -> one atomic JSON; reruns skip finished cells.
+
+It owns everything that is the same for every method: data, references, preprocessing, batching,
+seeds, feature caching, timing and metrics. Adapters see only references and query batches.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from benchmark import registry
+from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
+from benchmark.config import config_hash
+from benchmark.datasets import DatasetSpec, check_category, read_dataset
+from benchmark.errors import GadbenchError, MissingWeights
+from benchmark.experiment import Cell, Experiment
+from benchmark.features import FeatureService
+from benchmark.images import file_sha256, load_image, load_mask
+from benchmark.metrics import METRIC_NAMES, image_metrics, pixel_metrics
+from benchmark.preprocessing import Preprocessing
+from benchmark.provenance import git_state, package_versions
+from benchmark.references import ensure_manifest, plan_category
+from benchmark.results import DONE, FAILED, SKIPPED, cell_path, read_cell, write_json_atomic
+from benchmark.weights import WeightStore
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GadbenchError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_batch(rows: pd.DataFrame, preprocessing: Preprocessing, mask_threshold: int, with_masks: bool = False):
+    """Read and preprocess images (and masks in model space for references)."""
+    records = rows.to_dict("records")
+    images, sizes, keys, masks = [], [], [], []
+    for record in records:
+        pil = load_image(record["path"])
+        images.append(preprocessing.image(pil))
+        sizes.append((pil.height, pil.width))
+        keys.append(f"{file_sha256(record['path'])}:{preprocessing.key}")
+        if with_masks:
+            masks.append(preprocessing.mask(load_mask(record["mask"], sizes[-1], mask_threshold)))
+    stacked = torch.stack(images) if images else torch.zeros(0, 3, preprocessing.size, preprocessing.size)
+    if with_masks:
+        return ReferenceSet(stacked, keys, sizes, records, torch.stack(masks))
+    return ImageBatch(stacked, keys, sizes, records)
+
+
+def load_references(rows: pd.DataFrame, preprocessing: Preprocessing, mask_threshold: int, with_masks: bool) -> ReferenceSet:
+    batch = load_batch(rows, preprocessing, mask_threshold, with_masks)
+    if isinstance(batch, ReferenceSet):
+        return batch
+    return ReferenceSet(batch.images, batch.keys, batch.original_sizes, batch.samples)
+
+
+@dataclass
+class Runner:
+    experiment: Experiment
+    results_root: Path = Path("results")
+    device: torch.device = torch.device("cpu")
+    weights: WeightStore = field(default_factory=WeightStore)
+    batch_size: int = 8
+    show_progress: bool = True
+    debug: bool = False
+
+    def __post_init__(self):
+        self.results_root = Path(self.results_root)
+        self.features = FeatureService(self.weights, self.device)
+        self._tables: dict[str, pd.DataFrame] = {}
+
+    # ------------------------------------------------------------------ data
+    def table(self, name: str) -> pd.DataFrame:
+        if name not in self._tables:
+            spec = self.experiment.datasets[name]
+            table = read_dataset(spec)
+            wanted = self.experiment.categories.get(name)
+            if wanted:
+                unknown = sorted(set(wanted) - set(table.category))
+                if unknown:
+                    raise GadbenchError(f"{self.experiment.path}: categories {unknown} not in dataset {name!r} (has {sorted(table.category.unique())})")
+                table = table[table.category.isin(wanted)].reset_index(drop=True)
+            self._tables[name] = table
+        return self._tables[name]
+
+    def cell_key(self, cell: Cell) -> str:
+        spec: DatasetSpec = self.experiment.datasets[cell.target]
+        return config_hash({
+            "method": cell.method.hash, "source": cell.source, "target": [spec.layout, str(spec.root), spec.options, spec.mask_threshold],
+            "categories": self.experiment.categories.get(cell.target), "protocol": self.experiment.protocol,
+            "protocol_options": self.experiment.protocol_options, "setting": cell.setting.label, "seed": cell.seed,
+        })
+
+    def path(self, cell: Cell) -> Path:
+        return cell_path(self.results_root, cell, self.experiment.protocol)
+
+    def is_finished(self, cell: Cell) -> bool:
+        existing = read_cell(self.path(cell))
+        return bool(existing) and existing.get("status") == DONE and existing.get("cell_key") == self.cell_key(cell)
+
+    # ------------------------------------------------------------------ grid
+    def run(self, cells: list[Cell] | None = None) -> dict:
+        cells = self.experiment.cells() if cells is None else cells
+        todo = [c for c in cells if not self.is_finished(c)]
+        summary = {"total": len(cells), "already_done": len(cells) - len(todo), DONE: 0, FAILED: 0, SKIPPED: 0}
+        bar = tqdm(todo, desc="cells", unit="cell", disable=not self.show_progress)
+        for cell in bar:
+            bar.set_postfix_str(cell.id)
+            result = self.run_cell(cell)
+            summary[result["status"]] += 1
+        return summary
+
+    # ------------------------------------------------------------------ one cell
+    def run_cell(self, cell: Cell) -> dict:
+        started = time.time()
+        record = {"cell": {"method": cell.method.name, "method_label": cell.method.label, "adapter": cell.method.adapter,
+                           "source": cell.source, "target": cell.target, "setting": cell.setting.label,
+                           "seed": cell.seed, "experiment": self.experiment.name},
+                  "cell_key": self.cell_key(cell), "protocol": self.experiment.protocol,
+                  "protocol_options": self.experiment.protocol_options,
+                  "provenance": {**git_state(), "packages": package_versions(), "method_config": cell.method.config,
+                                 "method_config_hash": cell.method.hash, "device": str(self.device),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}}
+        counters_before = self.features.counters()
+        try:
+            record.update(self._evaluate(cell))
+            record["status"] = DONE
+        except MissingWeights as error:
+            record.update(status=SKIPPED, reason=str(error))
+        except Exception as error:  # one failing cell never stops the grid
+            record.update(status=FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+            if self.debug:
+                raise
+        after = self.features.counters()
+        record["provenance"].update({k: after[k] - counters_before[k] for k in after})
+        record["provenance"]["seconds_total"] = time.time() - started
+        write_json_atomic(record, self.path(cell))
+        if record["status"] != DONE and self.show_progress:
+            tqdm.write(f"{record['status']}: {cell.id}: {record.get('reason') or record.get('error')}")
+        return record
+
+    def _evaluate(self, cell: Cell) -> dict:
+        seed_everything(cell.seed)
+        experiment = self.experiment
+        spec = experiment.datasets[cell.target]
+        workdir = self.results_root / "checkpoints" / cell.method.name
+        context = RunContext(device=self.device, weights=self.weights, features=self.features, workdir=workdir,
+                             allow_download=self.weights.allow_download)
+        adapter = registry.resolve(cell.method.adapter)(cell.method.config, context)
+        timings = {}
+        checkpoint = None
+        if adapter.trains_on_source:
+            start = time.time()
+            checkpoint = adapter.fit_source(self.table(cell.source), cell.seed, workdir / cell.source)
+            timings["fit_source_seconds"] = time.time() - start
+        preprocessing = adapter.preprocessing()
+        table = self.table(cell.target)
+        per_category, counts, manifests = {}, {}, {}
+        predict_seconds, images_scored = 0.0, 0
+        for category in sorted(table.category.unique()):
+            check_category(table, cell.target, category)
+            manifest_file, manifest = ensure_manifest(
+                self.results_root / "references", cell.target, spec.root, table, category, cell.setting, cell.seed,
+                experiment.protocol, experiment.protocol_options["nested_block"], spec.mask_threshold)
+            plan = plan_category(manifest_file, manifest, table, category, experiment.protocol)
+            normal = load_references(plan.normal, preprocessing, spec.mask_threshold, with_masks=False)
+            labels, scores, masks, maps = [], [], [], []
+            start = time.time()
+            for group in plan.groups:
+                abnormal = None
+                if cell.setting.k_abnormal:
+                    abnormal = load_references(pd.DataFrame([group.abnormal]), preprocessing, spec.mask_threshold, with_masks=True)
+                adapter.set_references(category, normal, abnormal)
+                queries = group.queries
+                for begin in tqdm(range(0, len(queries), self.batch_size), desc=category, unit="batch", leave=False,
+                                  disable=not self.show_progress):
+                    rows = queries.iloc[begin:begin + self.batch_size]
+                    batch = load_batch(rows, preprocessing, spec.mask_threshold)
+                    prediction = adapter.predict(batch)
+                    scores.extend(np.asarray(prediction.image_scores, dtype=np.float64).tolist())
+                    labels.extend(rows.label.tolist())
+                    if adapter.pixel_level and prediction.anomaly_maps is not None:
+                        for record, size, amap in zip(batch.samples, batch.original_sizes, prediction.anomaly_maps):
+                            masks.append(load_mask(record["mask"], size, spec.mask_threshold))
+                            maps.append(np.asarray(amap, dtype=np.float32))
+            predict_seconds += time.time() - start
+            images_scored += len(labels)
+            metrics = image_metrics(labels, scores)
+            metrics.update(pixel_metrics(masks, maps) if maps else pixel_metrics([], []))
+            per_category[category] = metrics
+            counts[category] = {"queries": len(labels), "anomalous": int(np.sum(labels)),
+                                "removed_references_from_queries": plan.removed_from_queries,
+                                "abnormal_reference_groups": len(plan.groups)}
+            manifests[category] = {"path": str(manifest_file), "sha256": file_sha256(str(manifest_file))}
+        mean = {name: float(np.nanmean([m[name] for m in per_category.values()]))
+                if any(np.isfinite(m[name]) for m in per_category.values()) else float("nan") for name in METRIC_NAMES}
+        timings.update(predict_seconds=predict_seconds, images_scored=images_scored,
+                       images_per_second=images_scored / predict_seconds if predict_seconds else None)
+        return {"metrics": {"mean": mean, "per_category": per_category}, "counts": counts, "manifests": manifests,
+                "method": adapter.describe(), "checkpoint": str(checkpoint) if checkpoint else None, "timings": timings}

@@ -1,0 +1,1 @@
+"""NAGL: Normal-Abnormal Guided Generalist Anomaly Detection (NeurIPS 2025), in pure torch."""

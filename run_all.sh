@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Reproduce the tables. Without DATA_ROOT: the embedded mini experiment on synthetic data
+# (generated on first use). With DATA_ROOT: the paper's grid (configs/experiments/main.yaml).
+# Extra arguments go to `gadbench run` (for example --device cuda --jobs 2).
+set -euo pipefail
+cd "$(dirname "$0")"
+source tools/ensure_venv.sh
+if [ -z "${DATA_ROOT:-}" ]; then
+  experiments=(configs/experiments/mini.yaml)
+else
+  experiments=(configs/experiments/main.yaml)
+fi
+status=0
+for experiment in "${experiments[@]}"; do
+  gadbench run --experiment "$experiment" "$@" || status=$?
+  gadbench tables --experiment "$experiment"
+done
+exit $status
