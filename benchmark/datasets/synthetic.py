@@ -213,6 +213,12 @@ def _save_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray((array * 255).round().astype(np.uint8)).save(path)
 
 
+def render_sample(domain: str, category: str, defect: str, split: str, index: int, seed: int = 0, size: int = 256):
+    """One image (float [H, W, 3]) and its mask (bool, or None for 'good'), as generate() writes it."""
+    rng = _stream(seed, domain, category, split, defect, index)
+    return _render(domain, category, None if defect == "good" else defect, rng, size)
+
+
 def generate(out: Path, domain: str, seed: int = 0, size: int = 256, counts: dict | None = None) -> Path:
     """Write one domain in MVTec layout to `out` (atomically: a temp folder, then a rename)."""
     if domain not in DOMAINS:
@@ -229,8 +235,7 @@ def generate(out: Path, domain: str, seed: int = 0, size: int = 256, counts: dic
             plan += [("test", defect, counts["test_per_defect"]) for defect in spec["defects"]]
             for split, defect, n in plan:
                 for index in range(n):
-                    rng = _stream(seed, domain, category, split, defect, index)
-                    image, mask = _render(domain, category, None if defect == "good" else defect, rng, size)
+                    image, mask = render_sample(domain, category, defect, split, index, seed, size)
                     _save_png(image, root / split / defect / f"{index:03d}.png")
                     if mask is not None:
                         _save_png(mask, root / "ground_truth" / defect / f"{index:03d}_mask.png")

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from benchmark.metrics import image_metrics, pixel_metrics
+
+
+def plain_aupro(masks, maps, limit=0.3):
+    """Independent AUPRO: loop over every distinct threshold, per-region overlap, trapezoid to `limit`."""
+    labels = np.concatenate([m.ravel() for m in masks])
+    scores = np.concatenate([a.ravel() for a in maps])
+    regions = []
+    for mask, amap in zip(masks, maps):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [amap[labelled == r] for r in range(1, count + 1)]
+    normal_scores = scores[labels == 0]
+    points = [(0.0, 0.0)]
+    for threshold in np.unique(scores)[::-1]:
+        fpr = np.mean(normal_scores >= threshold)
+        pro = np.mean([np.mean(region >= threshold) for region in regions])
+        points.append((fpr, pro))
+    fprs, pros = np.array(points).T
+    keep = fprs <= limit
+    x, y = list(fprs[keep]), list(pros[keep])
+    if x[-1] < limit and (~keep).any():
+        i = np.argmax(~keep)
+        x.append(limit)
+        y.append(pros[i - 1] + (limit - fprs[i - 1]) / (fprs[i] - fprs[i - 1]) * (pros[i] - pros[i - 1]))
+    return np.trapezoid(y, x) / limit
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_image_metrics_equal_sklearn_with_ties(rng):
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes many ties
+    metrics = image_metrics(labels, scores)
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics["image_ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    f1 = np.nanmax(2 * precision * recall / np.maximum(precision + recall, 1e-12))
+    assert metrics["image_f1_max"] == pytest.approx(f1, abs=1e-12)
+
+
+def test_one_class_is_not_applicable_not_zero():
+    metrics = image_metrics([0, 0, 0], [0.1, 0.5, 0.2])
+    assert all(np.isnan(v) for v in metrics.values())
+
+
+def _masks_and_maps(rng, n=4, size=24):
+    masks, maps = [], []
+    for i in range(n):
+        mask = np.zeros((size, size), bool)
+        if i % 2 == 0:
+            y, x = rng.integers(2, size - 8, 2)
+            mask[y:y + rng.integers(2, 7), x:x + rng.integers(2, 7)] = True
+            mask[1:3, 1:3] = True  # a second, small region
+        amap = rng.random((size, size)) * 0.7 + mask * rng.random((size, size)) * 0.6
+        masks.append(mask)
+        maps.append(np.round(amap, 2))
+    return masks, maps
+
+
+def test_pixel_metrics_equal_sklearn_and_a_plain_aupro(rng):
+    masks, maps = _masks_and_maps(rng)
+    metrics = pixel_metrics(masks, maps)
+    labels = np.concatenate([m.ravel() for m in masks])
+    scores = np.concatenate([a.ravel() for a in maps])
+    assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics["pixel_ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert metrics["pixel_aupro"] == pytest.approx(plain_aupro(masks, maps), abs=1e-9)
+    assert 0 < metrics["pixel_aupro"] <= 1
+
+
+def test_aupro_is_one_for_a_perfect_map_and_never_exceeds_one(rng):
+    masks, _ = _masks_and_maps(rng)
+    perfect = [m.astype(float) for m in masks]
+    assert pixel_metrics(masks, perfect)["pixel_aupro"] == pytest.approx(1.0)
+    assert pixel_metrics(masks, perfect)["pixel_auroc"] == pytest.approx(1.0)
+    inverted = [1.0 - m for m in perfect]
+    assert pixel_metrics(masks, inverted)["pixel_aupro"] == pytest.approx(0.0)
+
+
+def test_pixel_metrics_reject_size_mismatch(rng):
+    with pytest.raises(ValueError, match="differ in size"):
+        pixel_metrics([np.zeros((4, 4), bool)], [np.zeros((5, 4))])

@@ -1,0 +1,110 @@
+import shutil
+
+import pandas as pd
+import pytest
+
+from benchmark.datasets.mvtec import read_mvtec
+from benchmark.errors import GadbenchError
+from benchmark.references import ensure_manifest, parse_setting, plan_category, read_manifest
+
+
+@pytest.fixture
+def data(tmp_path, synthetic_root):
+    root = tmp_path / "objects"
+    shutil.copytree(synthetic_root / "objects", root)
+    return root, read_mvtec(root)
+
+
+def _manifest(data, tmp_path, setting, seed, protocol="clean", category="washer"):
+    root, table = data
+    return ensure_manifest(tmp_path / "refs", "objects", root, table, category, parse_setting(setting), seed, protocol, 4)
+
+
+def test_parse_setting():
+    assert parse_setting("N^4+A^1").label == "N4+A1"
+    assert parse_setting("N2").k_abnormal == 0
+    with pytest.raises(GadbenchError, match="not understood"):
+        parse_setting("A1")
+
+
+def test_clean_normals_are_nested_across_k_and_disjoint_across_seeds(data, tmp_path):
+    names = {}
+    for seed in (0, 1):
+        for k in (1, 2, 4):
+            _, manifest = _manifest(data, tmp_path, f"N{k}", seed)
+            names[seed, k] = list(manifest[manifest.role == "normal"].path)
+    for seed in (0, 1):
+        assert names[seed, 1] == names[seed, 2][:1] and names[seed, 2] == names[seed, 4][:2]
+    assert not set(names[0, 4]) & set(names[1, 4])
+    root, table = data
+    good = sorted(table[(table.category == "washer") & (table.split == "train")].path)
+    assert names[1, 2] == good[4:6]  # sorted train/good[seed * 4 : seed * 4 + k]
+
+
+def test_official_normals_follow_the_nagl_slice(data, tmp_path):
+    _, table = data
+    good = sorted(table[(table.category == "washer") & (table.split == "train")].path)
+    _, manifest = _manifest(data, tmp_path, "N2", 1, protocol="official")
+    assert list(manifest[manifest.role == "normal"].path) == good[2:4]  # [seed*k, (seed+1)*k)
+
+
+def test_clean_abnormal_reference_is_removed_from_the_queries_of_every_setting(data, tmp_path):
+    _, table = data
+    tests = table[(table.category == "washer") & (table.split == "test")]
+    plans = {}
+    for setting in ("N1", "N1+A1", "N4+A1"):
+        path, manifest = _manifest(data, tmp_path, setting, 0)
+        plans[setting] = plan_category(path, manifest, table, "washer", "clean")
+    abnormal = plans["N1+A1"].groups[0].abnormal
+    assert abnormal["label"] == 1 and abnormal["mask"]
+    for plan in plans.values():
+        queries = plan.groups[0].queries
+        assert abnormal["path"] not in set(queries.path)
+        assert plan.removed_from_queries == 1 and len(queries) == len(tests) - 1
+    assert plans["N4+A1"].groups[0].abnormal["path"] == abnormal["path"]  # one per (category, seed)
+    assert list(plans["N1"].groups[0].queries.path) == list(plans["N1+A1"].groups[0].queries.path)
+
+
+def test_official_protocol_groups_queries_by_a_type_matched_reference_kept_in_the_test_set(data, tmp_path):
+    _, table = data
+    path, manifest = _manifest(data, tmp_path, "N1+A1", 1, protocol="official")
+    plan = plan_category(path, manifest, table, "washer", "official")
+    tests = table[(table.category == "washer") & (table.split == "test")]
+    assert plan.removed_from_queries == 0
+    assert sum(len(g.queries) for g in plan.groups) == len(tests)
+    for group in plan.groups:
+        ref = group.abnormal
+        same_type = sorted(tests[tests.defect == ref["defect"]].path)
+        assert ref["path"] == same_type[1 % len(same_type)]  # the seed-th sorted file of its type
+        assert ref["path"] in set(group.queries.path)  # stays in the test set and is scored
+        assert set(group.queries[group.queries.label == 1].defect) == {ref["defect"]}
+    assignments = manifest[manifest.role == "assignment"]
+    assert len(assignments) == (tests.label == 0).sum()
+    # the random type choice for normal queries is seeded: a fresh manifest draws the same
+    shutil.rmtree(tmp_path / "refs")
+    _, again = _manifest(data, tmp_path, "N1+A1", 1, protocol="official")
+    assert list(again.defect) == list(manifest.defect)
+
+
+def test_a_changed_reference_file_is_an_error_not_a_redraw(data, tmp_path):
+    path, manifest = _manifest(data, tmp_path, "N1+A1", 0)
+    reference = manifest[manifest.role == "normal"].path.iloc[0]
+    with open(reference, "ab") as handle:
+        handle.write(b"changed")
+    with pytest.raises(GadbenchError, match="changed on disk"):
+        _manifest(data, tmp_path, "N1+A1", 0)
+
+
+def test_a_manifest_pointing_outside_the_data_root_is_rejected(data, tmp_path):
+    root, _ = data
+    path, _ = _manifest(data, tmp_path, "N1", 0)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[0, "path"] = "../elsewhere/000.png"
+    frame.to_csv(path, index=False)
+    with pytest.raises(GadbenchError, match="outside the data root"):
+        read_manifest(path, root)
+
+
+def test_k_larger_than_the_normal_images_is_a_clear_error(data, tmp_path):
+    with pytest.raises(GadbenchError, match="has 8 train/good images; k=4 at seed 2"):
+        _manifest(data, tmp_path, "N4", 2)

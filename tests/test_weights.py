@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+
+from benchmark.config import backbone_entry
+from benchmark.errors import GadbenchError, MissingWeights
+from benchmark.features import build_backbone
+from benchmark.weights import WeightFile, WeightStore, lukemelas_to_timm_efficientnet
+
+LITE0 = backbone_entry("lite0_imagenet")
+
+
+def test_every_lite0_key_maps_into_timm_with_strict_loading():
+    store = WeightStore()
+    state, sha256 = store.load_state_dict(WeightFile.from_config("lite0_imagenet", LITE0["weights"]))
+    assert sha256 == LITE0["weights"]["sha256"]
+    model = timm.create_model(LITE0["timm_name"], pretrained=False)
+    mapped = lukemelas_to_timm_efficientnet(state, [len(s) for s in model.blocks])
+    assert len(mapped) == len(state)
+    model.load_state_dict(mapped, strict=True)  # raises on any missing or unexpected key
+
+
+@pytest.mark.parametrize("image, classes", [("chelsea", range(281, 286)), ("coffee", [967, 968])])
+def test_lite0_classifies_real_images_sensibly(image, classes):
+    store = WeightStore()
+    state, _ = store.load_state_dict(WeightFile.from_config("lite0_imagenet", LITE0["weights"]))
+    model = timm.create_model(LITE0["timm_name"], pretrained=False).eval()
+    model.load_state_dict(lukemelas_to_timm_efficientnet(state, [len(s) for s in model.blocks]), strict=True)
+    pil = Image.fromarray(getattr(skimage_data, image)()).convert("RGB").resize((224, 224), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(pil, np.float32) / 255).permute(2, 0, 1)
+    x = (x - torch.tensor(LITE0["mean"]).view(3, 1, 1)) / torch.tensor(LITE0["std"]).view(3, 1, 1)
+    with torch.no_grad():
+        top = model(x[None]).argmax().item()
+    assert top in classes  # chelsea: a cat (281-285); coffee: espresso / cup
+
+
+def test_lite0_feature_map_is_stride_16():
+    handle = build_backbone("lite0_imagenet", WeightStore(), input_size=448)
+    with torch.no_grad():
+        features = handle.module(torch.zeros(1, 3, 448, 448))
+    assert features.shape == (1, 112, 28, 28)
+    assert handle.weights_sha256 == LITE0["weights"]["sha256"]
+
+
+def test_missing_weights_name_the_file_and_where_to_get_it(tmp_path):
+    store = WeightStore(tmp_path)
+    weight = WeightFile("dinov2_vits14", "dinov2_vits14_pretrain.pth", url="https://example.invalid/w.pth")
+    with pytest.raises(MissingWeights, match=r"dinov2_vits14_pretrain.pth .* not found at .*; download it from https://example.invalid/w.pth .*--allow-download"):
+        store.resolve(weight)
+
+
+def test_wrong_sha256_is_refused(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"not the real file")
+    with pytest.raises(GadbenchError, match="does not match the expected"):
+        WeightStore(tmp_path).resolve(WeightFile("x", "w.pth", sha256="0" * 64))
+
+
+class Payload:  # an arbitrary pickled object: weights_only loading must refuse it
+    pass
+
+
+def test_weights_load_with_weights_only(tmp_path):
+    torch.save({"w": torch.zeros(1), "object": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(GadbenchError, match="cannot be loaded as weights"):
+        WeightStore(tmp_path).load_state_dict(WeightFile("x", "evil.pth"))
+
+
+def test_vit_backbone_gives_a_patch_grid_without_prefix_tokens():
+    handle = build_backbone("dinov2_vits14", WeightStore(), input_size=448, allow_random=True)
+    with torch.no_grad():
+        features = handle.module(torch.zeros(1, 3, 448, 448))
+    assert features.shape == (1, 384, 32, 32)
+    assert handle.describe()["random_weights"] is True
