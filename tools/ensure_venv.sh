@@ -14,13 +14,18 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
     done
   fi
   [ -n "$py" ] || { echo "gadbench: no python3 found; install Python 3.11 and retry" >&2; exit 1; }
-  echo "gadbench: setting up $VENV with $($py --version)" >&2
+  echo "gadbench: setting up $VENV with $($py --version) (a few minutes, once; log: .venv/install.log)" >&2
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  log="$VENV/install.log"
   torch_pin="$(grep -E '^torch==' "$GADBENCH_ROOT/constraints.txt")"
   vision_pin="$(grep -E '^torchvision==' "$GADBENCH_ROOT/constraints.txt")"
-  "$VENV/bin/python" -m pip install -q "$torch_pin" "$vision_pin"
-  "$VENV/bin/python" -m pip install -q -c "$GADBENCH_ROOT/constraints.txt" -e "$GADBENCH_ROOT[test]"
+  # torch first, alone, so that nothing later can swap it; then the project under the pins
+  if ! { "$VENV/bin/python" -m pip install "$torch_pin" "$vision_pin" &&
+         "$VENV/bin/python" -m pip install -c "$GADBENCH_ROOT/constraints.txt" -e "$GADBENCH_ROOT[test]"; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "gadbench: installing into $VENV failed (full log: $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
