@@ -102,6 +102,13 @@ class Adapter:
         """Parameter counts, backbone, weights checksum, preprocessing: written into every row."""
         return {"name": self.name, "preprocessing": self.preprocessing().describe()}
 
-    def weights_status(self) -> list[dict]:
-        """Weight files this configuration needs (name, path, sha256, present, valid, source)."""
-        return []
+    def required_weights(self) -> list:
+        """The weight files this configuration loads (benchmark.weights.WeightFile), for
+        `gadbench weights`. The default covers adapters with a `backbone` key from configs/backbones.yaml."""
+        from benchmark.config import backbone_entry
+        from benchmark.weights import WeightFile
+
+        if "backbone" not in self.config or self.config.get("allow_random_weights"):
+            return []
+        name = self.config["backbone"]
+        return [WeightFile.from_config(name, backbone_entry(name)["weights"])]

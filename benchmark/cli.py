@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from benchmark.config import CONFIG_DIR, PROJECT_ROOT
@@ -97,17 +98,28 @@ def cmd_list(args) -> int:
 def cmd_weights(args) -> int:
     from tabulate import tabulate
 
-    from benchmark.config import backbone_catalogue
-    from benchmark.weights import WeightFile, WeightStore
+    from benchmark import registry
+    from benchmark.adapter import RunContext
+    from benchmark.config import load_yaml
+    from benchmark.experiment import load_method
+    from benchmark.weights import WeightStore
 
     store = WeightStore(args.weights_dir, allow_download=False)
+    context = RunContext(device=None, weights=store, features=None, workdir=Path("."))
     rows = []
-    for name, entry in backbone_catalogue().items():
-        status = store.status(WeightFile.from_config(name, entry["weights"]))
-        state = "ok" if status["valid"] else ("wrong sha256" if status["present"] else "missing")
-        rows.append([name, status["file"], state, status["expected_sha256"][:16], status["path"] if status["present"] else "", status["get"]])
-    print(f"weights folder: {store.dir}")
-    print(tabulate(rows, headers=["backbone", "file", "status", "sha256 (expected)", "found at", "where to get it"]))
+    for path in sorted((CONFIG_DIR / "methods").glob("*.yaml")):
+        method = load_method(path.stem, str(path))
+        adapter = registry.resolve(method.adapter)(method.config, context)
+        for weight in adapter.required_weights() or [None]:
+            if weight is None:
+                rows.append([method.name, "(none: random or no weights)", "", "", "", ""])
+                continue
+            status = store.status(weight)
+            state = "ok" if status["valid"] else ("wrong sha256" if status["present"] else "missing")
+            rows.append([method.name, status["file"], state, status["expected_sha256"][:16],
+                         status["path"] if status["present"] else "", status["get"]])
+    print(f"weights folder: {store.dir} (set with --weights-dir or GADBENCH_WEIGHTS)")
+    print(tabulate(rows, headers=["method", "file", "status", "sha256 (expected)", "found at", "where to get it"]))
     return 0
 
 
@@ -162,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # anomalib and timm warn about their own internal deprecations on import: not the user's business
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)(\.|$)")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

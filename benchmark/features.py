@@ -19,10 +19,11 @@ from benchmark.weights import RANDOM, WeightFile, WeightStore, lukemelas_to_timm
 
 
 class FrozenBackbone(nn.Module):
-    """A timm model that returns one [B, C, h, w] feature map.
+    """A timm model that returns a list of [B, C, h, w] feature maps.
 
-    cnn: timm features_only output `feature_index`. vit: the last block's tokens after the final
-    norm (timm forward_features), prefix tokens (CLS, registers) dropped, reshaped to the grid.
+    cnn: the timm features_only outputs `layers` (feature indices; for ResNets 2 = layer2, 3 = layer3).
+    vit: one map, the last block's tokens after the final norm (timm forward_features), prefix
+    tokens (CLS, registers) dropped, reshaped to the patch grid.
     """
 
     def __init__(self, model: nn.Module, kind: str):
@@ -32,13 +33,13 @@ class FrozenBackbone(nn.Module):
             parameter.requires_grad_(False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         if self.kind == "cnn":
-            return self.model(images)[0]
+            return list(self.model(images))
         tokens = self.model.forward_features(images)[:, self.model.num_prefix_tokens:]
         h, w = self.model.patch_embed.dynamic_feat_size(images.shape[-2:]) if hasattr(
             self.model.patch_embed, "dynamic_feat_size") else self.model.patch_embed.grid_size
-        return tokens.transpose(1, 2).reshape(images.shape[0], -1, h, w)
+        return [tokens.transpose(1, 2).reshape(images.shape[0], -1, h, w)]
 
 
 @dataclass
@@ -49,23 +50,26 @@ class BackboneHandle:
     mean: tuple
     std: tuple
     timm_name: str
+    layers: tuple[int, ...] = ()
 
     @property
     def id(self) -> str:
-        return f"{self.name}@{self.weights_sha256[:16]}"
+        return f"{self.name}@{self.weights_sha256[:16]}/layers{','.join(map(str, self.layers))}"
 
     def describe(self) -> dict:
         return {"backbone": self.name, "timm_name": self.timm_name, "weights_sha256": self.weights_sha256,
+                "layers": list(self.layers),
                 "random_weights": self.weights_sha256 == RANDOM,
                 "parameters": sum(p.numel() for p in self.module.parameters())}
 
 
-def build_backbone(name: str, store: WeightStore, input_size: int, allow_random: bool = False) -> BackboneHandle:
+def build_backbone(name: str, store: WeightStore, input_size: int, allow_random: bool = False,
+                   layers: tuple[int, ...] | None = None) -> BackboneHandle:
     entry = backbone_entry(name)
     kind = entry.get("kind", "cnn")
+    layers = tuple(layers) if layers else (entry.get("feature_index", 3),) if kind == "cnn" else (-1,)
     if kind == "cnn":
-        model = timm.create_model(entry["timm_name"], pretrained=False, features_only=True,
-                                  out_indices=(entry.get("feature_index", 3),))
+        model = timm.create_model(entry["timm_name"], pretrained=False, features_only=True, out_indices=layers)
     elif kind == "vit":
         model = timm.create_model(entry["timm_name"], pretrained=False, img_size=input_size, num_classes=0)
     else:
@@ -76,22 +80,20 @@ def build_backbone(name: str, store: WeightStore, input_size: int, allow_random:
         weight = WeightFile.from_config(name, entry["weights"])
         state, sha256 = store.load_state_dict(weight)
         state = _map_keys(weight.key_map, state, model, entry)
+        if kind == "cnn":  # a features_only model has no classifier head: its weights are not needed
+            state = {k: v for k, v in state.items() if k in model.state_dict()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise GadbenchError(f"weights {weight.file} do not fit {entry['timm_name']}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     module = FrozenBackbone(model, kind)
-    return BackboneHandle(name, module, sha256, tuple(entry["mean"]), tuple(entry["std"]), entry["timm_name"])
+    return BackboneHandle(name, module, sha256, tuple(entry["mean"]), tuple(entry["std"]), entry["timm_name"], layers)
 
 
 def _map_keys(key_map: str, state: dict, model: nn.Module, entry: dict) -> dict:
     if key_map == "none":
         return state
     if key_map == "lukemelas_efficientnet":
-        depths = [len(stage) for stage in model.blocks]
-        mapped = lukemelas_to_timm_efficientnet(state, depths)
-        # features_only models have no head: keep only the keys the model has
-        own = set(model.state_dict())
-        return {k: v for k, v in mapped.items() if k in own}
+        return lukemelas_to_timm_efficientnet(state, [len(stage) for stage in model.blocks])
     if key_map == "timm_vit_filter":
         from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -105,30 +107,35 @@ class FeatureService:
     def __init__(self, store: WeightStore, device: torch.device, batch_size: int = 16):
         self.store, self.device, self.batch_size = store, device, batch_size
         self._backbones: dict[tuple, BackboneHandle] = {}
-        self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._cache: dict[tuple[str, str], list[torch.Tensor]] = {}
         self.hits = 0
         self.misses = 0
 
-    def backbone(self, name: str, input_size: int, allow_random: bool = False) -> BackboneHandle:
-        key = (name, input_size, allow_random)
+    def backbone(self, name: str, input_size: int, allow_random: bool = False,
+                 layers: tuple[int, ...] | None = None) -> BackboneHandle:
+        key = (name, input_size, allow_random, tuple(layers or ()))
         if key not in self._backbones:
-            handle = build_backbone(name, self.store, input_size, allow_random)
+            handle = build_backbone(name, self.store, input_size, allow_random, layers)
             handle.module.to(self.device)
             self._backbones[key] = handle
         return self._backbones[key]
 
-    def extract(self, handle: BackboneHandle, batch: ImageBatch) -> torch.Tensor:
-        """[B, C, h, w] features on the service's device, from the cache where possible."""
+    def extract_layers(self, handle: BackboneHandle, batch: ImageBatch) -> list[torch.Tensor]:
+        """One [B, C, h, w] map per layer, on the service's device, from the cache where possible."""
         missing = [i for i, key in enumerate(batch.keys) if (handle.id, key) not in self._cache]
         self.hits += len(batch) - len(missing)
         self.misses += len(missing)
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start:start + self.batch_size]
-            images = batch.images[chunk].to(self.device)
-            features = handle.module(images).float().cpu()
-            for index, feature in zip(chunk, features):
-                self._cache[(handle.id, batch.keys[index])] = feature
-        return torch.stack([self._cache[(handle.id, key)] for key in batch.keys]).to(self.device)
+            levels = [level.float().cpu() for level in handle.module(batch.images[chunk].to(self.device))]
+            for position, index in enumerate(chunk):
+                self._cache[(handle.id, batch.keys[index])] = [level[position] for level in levels]
+        per_image = [self._cache[(handle.id, key)] for key in batch.keys]
+        return [torch.stack([maps[level] for maps in per_image]).to(self.device) for level in range(len(per_image[0]))]
+
+    def extract(self, handle: BackboneHandle, batch: ImageBatch) -> torch.Tensor:
+        """The first (for one-layer backbones, the only) feature map: [B, C, h, w]."""
+        return self.extract_layers(handle, batch)[0]
 
     def counters(self) -> dict:
         return {"feature_cache_hits": self.hits, "feature_cache_misses": self.misses}

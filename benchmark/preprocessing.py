@@ -60,8 +60,32 @@ class Preprocessing:
         std = torch.tensor(self.std).view(3, 1, 1)
         return (array - mean) / std
 
+    def to_original(self, input_map: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+        """A [size, size] map in model space -> the original (height, width), bilinearly.
+
+        'squash' is a plain resize. For 'shorter' the map is pasted back where the centre crop
+        came from; the border the crop cut away was never seen by the method and gets the map's
+        minimum (no evidence of an anomaly), so every method is scored on the same pixels."""
+        height, width = original_size
+        if self.resize == "squash":
+            return _resize_float(input_map, (height, width))
+        scale = self.resize_to / min(width, height)
+        new_w, new_h = max(self.size, round(width * scale)), max(self.size, round(height * scale))
+        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
+        canvas = np.full((new_h, new_w), float(input_map.min()), dtype=np.float32)
+        canvas[top:top + self.size, left:left + self.size] = input_map
+        return _resize_float(canvas, (height, width))
+
     def mask(self, mask: np.ndarray) -> torch.Tensor:
         """Boolean mask at the original size -> {0, 1} float [size, size], same geometry, nearest."""
         pil = Image.fromarray(mask.astype(np.uint8) * 255)
         pil = self._geometry(pil, Image.NEAREST)
         return torch.from_numpy((np.asarray(pil) > 127).astype(np.float32))
+
+
+def _resize_float(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (align_corners=False) of a float map to (height, width)."""
+    if array.shape == tuple(size):
+        return array.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()

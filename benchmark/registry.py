@@ -16,6 +16,8 @@ from benchmark.errors import GadbenchError, closest
 
 ADAPTERS: dict[str, str] = {
     "normal_nn": "baselines.normal_nn:NormalNNAdapter",
+    "patchcore": "baselines.patchcore:PatchCoreAdapter",
+    "winclip": "baselines.winclip:WinCLIPAdapter",
 }
 
 

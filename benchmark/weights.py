@@ -26,14 +26,25 @@ class WeightFile:
     name: str  # catalogue key, e.g. lite0_imagenet
     file: str
     sha256: str | None = None
+    # releases that name files by their hash (torchvision, open_clip): the sha256 must start with it
+    sha256_prefix: str | None = None
     url: str | None = None
     pypi_package: str | None = None
     key_map: str = "none"
     get: str = ""
 
+    @property
+    def expected(self) -> str:
+        return self.sha256 or (f"{self.sha256_prefix}..." if self.sha256_prefix else "not pinned")
+
+    def matches(self, actual: str) -> bool:
+        if self.sha256:
+            return actual == self.sha256
+        return actual.startswith(self.sha256_prefix) if self.sha256_prefix else True
+
     @classmethod
     def from_config(cls, name: str, config: dict) -> "WeightFile":
-        known = {"file", "sha256", "url", "pypi_package", "key_map", "get"}
+        known = {"file", "sha256", "sha256_prefix", "url", "pypi_package", "key_map", "get"}
         unknown = set(config) - known
         if unknown:
             raise GadbenchError(f"weights for {name!r}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
@@ -62,12 +73,11 @@ class WeightStore:
         """What `gadbench weights` prints for one file."""
         path = self.candidate_path(weight)
         row = {"weights": weight.name, "file": weight.file, "path": str(path), "present": path.is_file(),
-               "expected_sha256": weight.sha256 or "not pinned", "valid": False,
-               "get": weight.url or weight.get or ""}
+               "expected_sha256": weight.expected, "valid": False, "get": weight.url or weight.get or ""}
         if row["present"]:
             actual = file_sha256(str(path))
             row["actual_sha256"] = actual
-            row["valid"] = weight.sha256 is None or actual == weight.sha256
+            row["valid"] = weight.matches(actual)
         return row
 
     def resolve(self, weight: WeightFile) -> tuple[Path, str]:
@@ -83,9 +93,9 @@ class WeightStore:
                     + (" (or pass --allow-download)" if weight.url else "")
                 )
         actual = file_sha256(str(path))
-        if weight.sha256 and actual != weight.sha256:
+        if not weight.matches(actual):
             raise GadbenchError(
-                f"{path}: sha256 {actual[:16]}... does not match the expected {weight.sha256[:16]}... for {weight.name!r};"
+                f"{path}: sha256 {actual[:16]}... does not match the expected {weight.expected[:16]}... for {weight.name!r};"
                 " the file is corrupt or a different release: download it again"
             )
         return path, actual

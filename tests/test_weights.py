@@ -40,7 +40,7 @@ def test_lite0_classifies_real_images_sensibly(image, classes):
 def test_lite0_feature_map_is_stride_16():
     handle = build_backbone("lite0_imagenet", WeightStore(), input_size=448)
     with torch.no_grad():
-        features = handle.module(torch.zeros(1, 3, 448, 448))
+        features = handle.module(torch.zeros(1, 3, 448, 448))[0]
     assert features.shape == (1, 112, 28, 28)
     assert handle.weights_sha256 == LITE0["weights"]["sha256"]
 
@@ -71,6 +71,6 @@ def test_weights_load_with_weights_only(tmp_path):
 def test_vit_backbone_gives_a_patch_grid_without_prefix_tokens():
     handle = build_backbone("dinov2_vits14", WeightStore(), input_size=448, allow_random=True)
     with torch.no_grad():
-        features = handle.module(torch.zeros(1, 3, 448, 448))
+        features = handle.module(torch.zeros(1, 3, 448, 448))[0]
     assert features.shape == (1, 384, 32, 32)
     assert handle.describe()["random_weights"] is True

@@ -1,0 +1,137 @@
+"""WinCLIP+ (Jeong et al., CVPR 2023) with normal references, on anomalib's WinClipModel.
+
+open_clip ViT-B-16-plus-240 with the LAION-400M epoch-31 weights, 240 x 240 input, window scales
+2 and 3, the compositional prompt ensemble (anomalib's 7 normal states, 4 anomalous states and
+21 templates), map = mean of the zero-shot and reference maps, image score = (text score + max
+reference score) / 2: all as anomalib implements them. What this adapter adds:
+  - the weights come from a local file (verified, loaded with weights_only=True), never from the
+    network: anomalib's constructor would download them, so it is built with pretrained=None;
+  - text embeddings are computed once per class name and reused across settings and seeds;
+  - readable class names per category (configs/class_names.yaml);
+  - the 240 x 240 map is put back onto the original image (benchmark.preprocessing.to_original).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+from benchmark.adapter import NORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
+from benchmark.class_names import class_name
+from benchmark.preprocessing import Preprocessing
+from benchmark.weights import RANDOM, WeightFile
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@contextlib.contextmanager
+def _winclip_module(clip_model: str):
+    """anomalib's WinClipModel reads its architecture and pretrained tag from module constants;
+    point them at our architecture and at no download while the model is built."""
+    import anomalib.models.image.winclip.torch_model as winclip_torch_model
+
+    with mock.patch.object(winclip_torch_model, "BACKBONE", clip_model), \
+            mock.patch.object(winclip_torch_model, "PRETRAINED", None):
+        yield winclip_torch_model
+
+
+def clip_state_dict(state: dict) -> dict:
+    """open_clip release files may wrap the weights in 'state_dict' and prefix them with 'module.'."""
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+class WinCLIPAdapter(Adapter):
+    name = "winclip"
+    supports = (NORMAL,)
+    default_config = {
+        "clip_model": "ViT-B-16-plus-240",
+        "clip_model_config": None,  # a JSON model config for open_clip (for custom, e.g. tiny test, models)
+        "image_size": 240,
+        "scales": [2, 3],
+        "blur_sigma": 0.0,  # anomalib's WinCLIP does not blur its map
+        "weights": {
+            "file": "vit_b_16_plus_240-laion400m_e31-8fb26589.pt",
+            "sha256": None,
+            "sha256_prefix": "8fb26589",
+            "url": "https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/vit_b_16_plus_240-laion400m_e31-8fb26589.pt",
+        },
+        "allow_random_weights": False,
+    }
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        self._model = None
+        self._weights_sha256 = None
+        self._text_embeddings: dict[str, torch.Tensor] = {}
+
+    def required_weights(self) -> list[WeightFile]:
+        if self.config["allow_random_weights"]:
+            return []
+        return [WeightFile.from_config("winclip_clip", self.config["weights"])]
+
+    def preprocessing(self) -> Preprocessing:
+        size = self.config["image_size"]
+        return Preprocessing(size=size, resize="shorter", resize_to=size, interpolation="bicubic",
+                             mean=OPENAI_MEAN, std=OPENAI_STD)
+
+    @property
+    def model(self):
+        if self._model is None:
+            if self.config["clip_model_config"]:
+                import open_clip
+
+                open_clip.add_model_config(Path(self.config["clip_model_config"]))
+            weights = None
+            if not self.config["allow_random_weights"]:
+                state, self._weights_sha256 = self.context.weights.load_state_dict(self.required_weights()[0])
+                weights = clip_state_dict(state)
+            else:
+                self._weights_sha256 = RANDOM
+            with _winclip_module(self.config["clip_model"]) as module:
+                model = module.WinClipModel(scales=tuple(self.config["scales"]))
+            if weights is not None:
+                model.clip.load_state_dict(weights, strict=True)
+            self._model = model.eval().to(self.context.device)
+        return self._model
+
+    def text_embeddings(self, name: str) -> torch.Tensor:
+        if name not in self._text_embeddings:
+            self.model._collect_text_embeddings(name)
+            self._text_embeddings[name] = self.model.text_embeddings.clone()
+        return self._text_embeddings[name]
+
+    @torch.no_grad()
+    def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
+        model = self.model
+        text = self.text_embeddings(class_name(category))
+        # setup() with no class name collects only the visual (reference) embeddings; the text
+        # embeddings of this class were computed once and are put back in place
+        model.class_name = None
+        model.setup(None, normal.images.to(self.context.device))
+        model._text_embeddings = text
+
+    @torch.no_grad()
+    def predict(self, batch: ImageBatch) -> Prediction:
+        output = self.model(batch.images.to(self.context.device))
+        preprocessing = self.preprocessing()
+        maps = []
+        for amap, original in zip(output.anomaly_map.float().cpu().numpy(), batch.original_sizes):
+            if self.config["blur_sigma"]:
+                amap = gaussian_filter(amap, sigma=self.config["blur_sigma"])
+            maps.append(preprocessing.to_original(amap, original))
+        return Prediction(output.pred_score.float().cpu().numpy().astype(np.float64), maps)
+
+    def describe(self) -> dict:
+        model = self.model
+        total = sum(p.numel() for p in model.clip.parameters())
+        return {"name": self.name, "backbone": self.config["clip_model"], "weights_sha256": self._weights_sha256,
+                "random_weights": self._weights_sha256 == RANDOM, "parameters_total": total, "parameters_trainable": 0,
+                "scales": list(self.config["scales"]), "preprocessing": self.preprocessing().describe()}

@@ -1,0 +1,164 @@
+"""PatchCore and WinCLIP adapters on small configurations: real mechanics, not just shapes."""
+
+import math
+import re
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.patchcore import PatchCoreAdapter, coreset_size, patch_embedding
+from baselines.winclip import WinCLIPAdapter
+from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
+from benchmark.cli import main
+from benchmark.features import FeatureService
+from benchmark.weights import WeightStore
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def context(tmp_path, weights_dir=None):
+    store = WeightStore(weights_dir or tmp_path / "weights")
+    return RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path)
+
+
+def batch(images, sizes=None, cls=ImageBatch):
+    sizes = sizes or [(images.shape[-2] + 10, images.shape[-1] + 30)] * len(images)
+    keys = [f"img{i}-{float(images[i].sum()):.6f}" for i in range(len(images))]
+    return cls(images, keys, sizes, [{} for _ in range(len(images))])
+
+
+@pytest.fixture
+def patchcore(tmp_path):
+    config = {"backbone": "lite0_imagenet", "crop": 64, "resize": 72, "coreset_ratio": 0.25}
+    return PatchCoreAdapter(config, context(tmp_path))
+
+
+def test_patchcore_bank_equals_reference_patches_and_coreset_is_ceil(patchcore):
+    torch.manual_seed(0)
+    refs = batch(torch.randn(2, 3, 64, 64), cls=ReferenceSet)
+    patchcore.set_references("x", refs, None)
+    levels = patchcore.context.features.extract_layers(patchcore.backbone, refs)
+    assert [level.shape[-1] for level in levels] == [8, 4]  # stride 8 and 16 at 64 px
+    expected = patch_embedding(levels, 3).permute(0, 2, 3, 1).reshape(-1, 40 + 112)
+    assert torch.equal(patchcore.patch_bank, expected)  # every reference patch, before the coreset
+    assert len(patchcore.patch_bank) == 2 * 8 * 8
+    assert len(patchcore.memory_bank) == math.ceil(0.25 * 128) == coreset_size(128, 0.25)
+    rows = {tuple(r.tolist()) for r in patchcore.patch_bank}
+    assert all(tuple(r.tolist()) in rows for r in patchcore.memory_bank)  # a subset of real patches
+
+
+def test_patchcore_neighbourhood_average_then_upsample_then_concatenate():
+    fine, coarse = torch.arange(16.0).reshape(1, 1, 4, 4), torch.ones(1, 2, 2, 2)
+    out = patch_embedding([fine, coarse], 3)
+    assert out.shape == (1, 3, 4, 4)
+    assert out[0, 0, 1, 1] == pytest.approx(fine[0, 0, :3, :3].mean().item())  # 3x3 mean
+    assert out[0, 0, 0, 0] == pytest.approx(fine[0, 0, :2, :2].sum().item() / 9)  # zero padding counts
+    # a 2x2 map of ones: every 3x3 window sees 4 ones and 5 zero pads; upsampled, it stays 4/9
+    assert torch.allclose(out[0, 1:], torch.full((2, 4, 4), 4 / 9), atol=1e-6)
+
+
+def test_patchcore_scores_a_reference_as_perfectly_normal_and_is_batch_invariant(tmp_path):
+    adapter = PatchCoreAdapter({"backbone": "lite0_imagenet", "crop": 64, "resize": 72, "coreset_ratio": 1.0}, context(tmp_path))
+    torch.manual_seed(1)
+    refs = torch.randn(2, 3, 64, 64)
+    adapter.set_references("x", batch(refs, cls=ReferenceSet), None)
+    queries = torch.randn(4, 3, 64, 64)
+    together = adapter.predict(batch(queries))
+    # its own patches are in the bank: distance 0 up to matrix-product rounding
+    assert adapter.predict(batch(refs[:1])).image_scores[0] < 0.01 * together.image_scores.min()
+    one_by_one = [adapter.predict(batch(queries[i:i + 1])).image_scores[0] for i in range(4)]
+    np.testing.assert_allclose(together.image_scores, one_by_one, rtol=1e-5)
+    assert (together.image_scores > 0).all()
+    assert together.anomaly_maps[0].shape == (74, 94) and (together.anomaly_maps[0] >= 0).all()
+
+
+def test_patchcore_map_keeps_the_crop_region_and_fills_the_border_with_the_minimum(patchcore):
+    preprocessing = patchcore.preprocessing()
+    input_map = np.zeros((64, 64), np.float32)
+    input_map[:, 32:] = 1.0
+    full = preprocessing.to_original(input_map, (72, 144))  # resized to 72 x 144, crop x in [40, 104)
+    assert full.shape == (72, 144)
+    assert full[:, :35].max() == 0.0 and full[:, 110:].max() == 0.0  # outside the crop: the minimum
+    assert full[36, 80:100].min() > 0.9  # inside: the map
+
+
+@pytest.fixture
+def tiny_clip(tmp_path):
+    """A random tiny open_clip model saved as a local weights file with its sha256 pinned."""
+    import hashlib
+
+    import open_clip
+
+    open_clip.add_model_config(FIXTURES / "tiny-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip")
+    path = tmp_path / "weights" / "tiny-clip.pt"
+    path.parent.mkdir()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    config = {"clip_model": "tiny-clip", "clip_model_config": str(FIXTURES / "tiny-clip.json"), "image_size": 64,
+              "weights": {"file": "tiny-clip.pt", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+    return config, model
+
+
+def test_winclip_loads_the_local_weights_file(tmp_path, tiny_clip):
+    config, reference = tiny_clip
+    adapter = WinCLIPAdapter(config, context(tmp_path))
+    loaded = adapter.model.clip.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
+    assert adapter.describe()["weights_sha256"] == config["weights"]["sha256"]
+
+
+def test_winclip_prompt_ensemble_counts():
+    from anomalib.models.image.winclip.prompting import create_prompt_ensemble
+
+    normal, anomalous = create_prompt_ensemble("printed circuit board")
+    assert len(normal) == 7 * 21 and len(anomalous) == 4 * 21
+    assert any("flawless printed circuit board" in p for p in normal)
+    assert any("printed circuit board with defect" in p for p in anomalous)
+
+
+def test_winclip_both_branches_change_the_scores_and_text_is_encoded_once(tmp_path, tiny_clip):
+    config, _ = tiny_clip
+    adapter = WinCLIPAdapter(config, context(tmp_path))
+    torch.manual_seed(2)
+    refs_a, refs_b, queries = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    with mock.patch.object(adapter.model, "_collect_text_embeddings", wraps=adapter.model._collect_text_embeddings) as spy:
+        adapter.set_references("pcb1", batch(refs_a, cls=ReferenceSet), None)
+        base = adapter.predict(batch(queries))
+        adapter.set_references("pcb1", batch(refs_b, cls=ReferenceSet), None)
+        other_refs = adapter.predict(batch(queries))
+        adapter.set_references("pcb2", batch(refs_a, cls=ReferenceSet), None)  # same readable name as pcb1
+        same_name = adapter.predict(batch(queries))
+        adapter.set_references("screw", batch(refs_a, cls=ReferenceSet), None)
+        other_text = adapter.predict(batch(queries))
+    assert spy.call_count == 2  # 'printed circuit board' once, 'screw' once
+    assert not np.allclose(base.image_scores, other_refs.image_scores)  # the reference branch matters
+    np.testing.assert_allclose(base.image_scores, same_name.image_scores, rtol=1e-6)
+    assert not np.allclose(base.image_scores, other_text.image_scores)  # the zero-shot branch matters
+    assert base.anomaly_maps[0].shape == (74, 94)
+
+
+def test_winclip_batch_of_one_equals_batch_of_four(tmp_path, tiny_clip):
+    config, _ = tiny_clip
+    adapter = WinCLIPAdapter(config, context(tmp_path))
+    torch.manual_seed(3)
+    adapter.set_references("bottle", batch(torch.randn(1, 3, 64, 64), cls=ReferenceSet), None)
+    queries = torch.randn(4, 3, 64, 64)
+    together = adapter.predict(batch(queries))
+    single = [adapter.predict(batch(queries[i:i + 1])) for i in range(4)]
+    np.testing.assert_allclose(together.image_scores, [s.image_scores[0] for s in single], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(together.anomaly_maps[2], single[2].anomaly_maps[0], rtol=1e-4, atol=1e-6)
+
+
+def test_list_and_weights_show_both_adapters(capsys, tmp_path):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "baselines.patchcore:PatchCoreAdapter" in out and "baselines.winclip:WinCLIPAdapter" in out
+    assert main(["weights", "--weights-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "wide_resnet50_2-95faca4d.pth" in out and "vit_b_16_plus_240-laion400m_e31-8fb26589.pt" in out
+    assert "missing" in out and "download.pytorch.org" in out
+    assert re.search(r"efficientnet-lite0-57934424.pth\s+ok", out)
