@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source tools/ensure_venv.sh
 if [ -z "${DATA_ROOT:-}" ]; then
-  experiments=(configs/experiments/mini.yaml)
+  experiments=(configs/experiments/mini.yaml configs/experiments/ablation_mini.yaml)
 else
-  experiments=(configs/experiments/main.yaml)
+  experiments=(configs/experiments/main.yaml configs/experiments/ablation.yaml)
 fi
 status=0
 for experiment in "${experiments[@]}"; do

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.adapter import NORMAL, NORMAL_ABNORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
+from benchmark.adapter import NORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
 from benchmark.config import backbone_entry
 from benchmark.maps import to_image_maps
 from benchmark.preprocessing import Preprocessing
@@ -15,7 +15,7 @@ from nagl.similarity import flatten_patches, normal_similarity, top_percent_mean
 
 class NormalNNAdapter(Adapter):
     name = "normal_nn"
-    supports = (NORMAL, NORMAL_ABNORMAL)  # with A^j the abnormal reference is ignored: ablation (i)
+    supports = (NORMAL,)  # with an abnormal reference it is ablation (i): baselines/nn_ablation.py
     default_config = {"backbone": "dinov2_vits14", "input_size": 448, "top_percent": 1.0, "blur_sigma": 4.0,
                       "allow_random_weights": False}
 

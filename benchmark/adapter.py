@@ -58,6 +58,15 @@ class Prediction:
 
 
 @dataclass
+class Domain:
+    """A data set as training sees it: its sample table and how to read its masks."""
+
+    name: str
+    table: pd.DataFrame
+    mask_threshold: int = 127
+
+
+@dataclass
 class RunContext:
     """What the runner lends an adapter: device, weights, feature extraction, a work folder."""
 
@@ -87,9 +96,14 @@ class Adapter:
         """How the runner must prepare images (size, resize mode, crop, mean, std)."""
         raise NotImplementedError
 
-    def fit_source(self, source: pd.DataFrame, seed: int, workdir: Path) -> Path | None:
-        """Train once on the source domain; return the checkpoint (same config -> same file)."""
+    def fit_source(self, source: Domain, seed: int, workdir: Path, setting=None, target: Domain | None = None) -> Path | None:
+        """Train once on the source domain for this setting (e.g. one model per k); return the
+        checkpoint (same config -> same file). `target` is given only to adapters whose
+        uses_target_for_training() is True (the official NAGL checkpoint choice), and rows say so."""
         return None
+
+    def uses_target_for_training(self) -> bool:
+        return False
 
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
         """Called once per (target category, setting, seed, abnormal reference group)."""

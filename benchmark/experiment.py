@@ -16,6 +16,7 @@ EXPERIMENT_KEYS = {"name", "description", "protocol", "protocol_options", "data_
                    "settings", "seeds", "methods", "tables", "categories"}
 DATASET_KEYS = {"layout", "root", "display", "mask_threshold", "options"}
 METHOD_KEYS = {"name", "adapter", "label", "config", "description"}
+TABLE_KEYS = {"targets", "mean"}
 PROTOCOL_OPTION_KEYS = {"nested_block"}
 
 
@@ -58,7 +59,7 @@ class Experiment:
     settings: list[Setting]
     seeds: list[int]
     methods: list[MethodSpec]
-    tables: dict[str, list[str]]
+    tables: dict[str, dict]  # name -> {targets: [...], mean: bool (add a column averaging every value)}
     categories: dict[str, list[str]]
 
     def cells(self) -> list[Cell]:
@@ -85,7 +86,13 @@ def _expand(value: str) -> str:
 
 
 def load_method(entry, where: str) -> MethodSpec:
-    """A method is a name of configs/methods/<name>.yaml, or an inline mapping."""
+    """A method is a name of configs/methods/<name>.yaml, an inline mapping, or {use: <name>,
+    label: ...} to show a named method under another label (its cells stay shared)."""
+    if isinstance(entry, dict) and "use" in entry:
+        check_keys(f"{where}: method {entry['use']!r}", entry, {"use", "label"})
+        method = load_method(entry["use"], where)
+        method.label = entry.get("label", method.label)
+        return method
     if isinstance(entry, str):
         path = CONFIG_DIR / "methods" / f"{entry}.yaml"
         if not path.is_file():
@@ -161,11 +168,14 @@ def load_experiment(path: str | Path, data_root: str | Path | None = None, adapt
     for method in method_specs:
         registry.resolve(method.adapter)  # fail early, with the closest names
     targets = [t for _, t in pairs]
-    tables = data.get("tables") or {"main": sorted(set(targets), key=targets.index)}
-    for table, names in tables.items():
-        for name in names:
+    tables = {}
+    for table, spec in (data.get("tables") or {"main": sorted(set(targets), key=targets.index)}).items():
+        spec = {"targets": spec} if isinstance(spec, list) else dict(spec)
+        check_keys(f"{where}: table {table!r}", spec, TABLE_KEYS, {"targets"})
+        for name in spec["targets"]:
             if name not in datasets:
                 raise GadbenchError(f"{where}: table {table!r}: unknown dataset {name!r}{closest(name, datasets)}")
+        tables[table] = {"targets": list(spec["targets"]), "mean": bool(spec.get("mean", False))}
     categories = data.get("categories") or {}
     return Experiment(name=data.get("name", path.stem), path=path, protocol=protocol, protocol_options=options,
                       data_root=root, datasets=datasets, pairs=pairs, settings=settings, seeds=seeds,

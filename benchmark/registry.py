@@ -18,6 +18,8 @@ ADAPTERS: dict[str, str] = {
     "normal_nn": "baselines.normal_nn:NormalNNAdapter",
     "patchcore": "baselines.patchcore:PatchCoreAdapter",
     "winclip": "baselines.winclip:WinCLIPAdapter",
+    "nagl": "nagl.adapter:NAGLAdapter",
+    "nn_ablation": "baselines.nn_ablation:NNAblationAdapter",
 }
 
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark import registry
-from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
+from benchmark.adapter import Domain, ImageBatch, ReferenceSet, RunContext
 from benchmark.config import config_hash
 from benchmark.datasets import DatasetSpec, check_category, read_dataset
 from benchmark.errors import GadbenchError, MissingWeights
@@ -100,6 +100,9 @@ class Runner:
             self._tables[name] = table
         return self._tables[name]
 
+    def domain(self, name: str) -> Domain:
+        return Domain(name, self.table(name), self.experiment.datasets[name].mask_threshold)
+
     def cell_key(self, cell: Cell) -> str:
         spec: DatasetSpec = self.experiment.datasets[cell.target]
         return config_hash({
@@ -168,7 +171,9 @@ class Runner:
         checkpoint = None
         if adapter.trains_on_source:
             start = time.time()
-            checkpoint = adapter.fit_source(self.table(cell.source), cell.seed, workdir / cell.source)
+            target = self.domain(cell.target) if adapter.uses_target_for_training() else None
+            checkpoint = adapter.fit_source(self.domain(cell.source), cell.seed, workdir / cell.source,
+                                            setting=cell.setting, target=target)
             timings["fit_source_seconds"] = time.time() - start
         preprocessing = adapter.preprocessing()
         table = self.table(cell.target)

@@ -34,6 +34,7 @@ def collect(experiment: Experiment, results_root: Path) -> pd.DataFrame:
                "target": cell.target, "seed": cell.seed, "status": status,
                "reason": data.get("reason") or data.get("error") or ("not run yet" if status == "missing" else ""),
                "random_weights": bool(method_info.get("random_weights")),
+               "target_selected": method_info.get("checkpoint_policy") == "official-target-selected",
                "per_category": (data.get("metrics") or {}).get("per_category", {})}
         for name, value in ((data.get("metrics") or {}).get("mean") or {}).items():
             row[name] = np.nan if value is None else value
@@ -53,7 +54,7 @@ def _cells_for(frame: pd.DataFrame, setting: str, method: str, target: str) -> p
     return frame[(frame.setting == setting) & (frame.method == method) & (frame.target == target)]
 
 
-def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str]) -> tuple[pd.DataFrame, list[str]]:
+def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str], with_mean: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """The numeric table (one row per setting x method) and its footnotes."""
     notes: dict[str, str] = {}
     out = []
@@ -61,7 +62,8 @@ def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str]) -
         label = frame[frame.method == method].label.iloc[0]
         part = frame[(frame.setting == setting) & (frame.method == method)]
         row = {"setting": setting, "method": label, "k": int(part.k.iloc[0]),
-               "random_weights": bool(part.random_weights.any())}
+               "random_weights": bool(part.random_weights.any()),
+               "target_selected": bool(part.target_selected.any())}
         for target in targets:
             cells = _cells_for(frame, setting, method, target)
             done = cells[cells.status == DONE]
@@ -77,11 +79,16 @@ def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str]) -
                 row[f"{target}:note"] = notes[reason]
             else:
                 row[f"{target}:note"] = ""
+        if with_mean:
+            values = [row[f"{t}:{m}:mean"] for t in targets for m, _ in TABLE_METRICS]
+            row["mean"] = np.nan if any(np.isnan(values)) else float(np.mean(values))
         out.append(row)
     footnotes = [f"({mark}) {reason}" for reason, mark in notes.items()]
     table = pd.DataFrame(out)
     if len(table) and table.random_weights.any():
         footnotes.append("(†) random backbone weights: not a measurement of the method")
+    if len(table) and table.target_selected.any():
+        footnotes.append("(‡) checkpoint chosen on the target data set (the official NAGL choice; it leaks the target)")
     return table, footnotes
 
 
@@ -112,7 +119,7 @@ def _formatted(table: pd.DataFrame, targets: list[str], style: str) -> tuple[lis
         setting = record.setting
         if style == "latex":
             setting = setting.replace("N", "$N^{", 1).replace("+A", "}+A^{") + "}$"
-        method = record.method + (" †" if record.random_weights else "")
+        method = record.method + (" †" if record.random_weights else "") + (" ‡" if record.target_selected else "")
         line = [setting, method]
         for target, metric in columns:
             mean, std = record[f"{target}:{metric}:mean"], record[f"{target}:{metric}:std"]
@@ -131,27 +138,33 @@ def _formatted(table: pd.DataFrame, targets: list[str], style: str) -> tuple[lis
             if note:
                 text += f" ({note})" if style == "console" else f"$^{{{note}}}$"
             line.append(text)
+        if "mean" in table:
+            line.append("–" if np.isnan(record["mean"]) else f"{record['mean']:.1f}")
         rows.append(line)
+    if "mean" in table:
+        headers.append("Mean")
     return headers, rows
 
 
 def latex_table(table: pd.DataFrame, targets: list[str], displays: dict[str, str], caption: str, footnotes: list[str]) -> str:
     _, rows = _formatted(table, targets, "latex")
-    spec = "ll" + "cc" * len(targets)
+    with_mean = "mean" in table
+    spec = "ll" + "cc" * len(targets) + ("c" if with_mean else "")
     lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{caption}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
-    lines.append(" & ".join(["", ""] + [f"\\multicolumn{{2}}{{c}}{{{displays[t]}}}" for t in targets]) + " \\\\")
+    lines.append(" & ".join(["", ""] + [f"\\multicolumn{{2}}{{c}}{{{displays[t]}}}" for t in targets] + ([""] if with_mean else [])) + " \\\\")
     lines.append(" ".join(f"\\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(targets))))
-    lines.append(" & ".join(["Setting", "Method"] + ["Image", "Pixel"] * len(targets)) + " \\\\")
+    lines.append(" & ".join(["Setting", "Method"] + ["Image", "Pixel"] * len(targets) + (["Mean"] if with_mean else [])) + " \\\\")
     lines.append("\\midrule")
     previous_k = None
     for (index, record), row in zip(table.iterrows(), rows):
         if previous_k is not None and record.k != previous_k:
             lines.append("\\midrule")
         previous_k = record.k
-        lines.append(" & ".join(cell.replace("_", "\\_").replace("†", "$^\\dagger$") for cell in row) + " \\\\")
+        lines.append(" & ".join(cell.replace("_", "\\_").replace("†", "$^\\dagger$").replace("‡", "$^\\ddagger$") for cell in row) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     for note in footnotes:
-        lines.append(f"\\par\\footnotesize {note.replace('_', chr(92) + '_').replace('†', '$^' + chr(92) + 'dagger$')}")
+        note = note.replace("_", "\\_").replace("†", "$^\\dagger$").replace("‡", "$^\\ddagger$")
+        lines.append(f"\\par\\footnotesize {note}")
     lines.append("\\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -196,18 +209,18 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print) -> list
     frame = collect(experiment, results_root)
     written = []
     displays = {name: spec.label for name, spec in experiment.datasets.items()}
-    for table_name, targets in experiment.tables.items():
-        targets = [t for t in targets if t in set(frame.target)]
+    for table_name, spec in experiment.tables.items():
+        targets = [t for t in spec["targets"] if t in set(frame.target)]
         if not targets:
             continue
-        table, footnotes = summarise(experiment, frame, targets)
+        table, footnotes = summarise(experiment, frame, targets, spec["mean"])
         numeric = table.drop(columns=[c for c in table.columns if c.endswith(":note")])
         csv_path, tex_path = out_dir / f"{table_name}.csv", out_dir / f"{table_name}.tex"
         _write_atomic(numeric.round(4).to_csv(index=False), csv_path)
         _write_atomic(latex_table(table, targets, displays, caption(experiment, table_name), footnotes), tex_path)
         written += [csv_path, tex_path]
         headers, rows = _formatted(table, targets, "console")
-        headers = headers[:2] + [h.replace(t, displays[t], 1) for h in headers[2:] for t in targets if h.startswith(t + " ")]
+        headers = headers[:2] + [h.replace(t, displays[t], 1) for h in headers[2:] for t in targets if h.startswith(t + " ")] + headers[2 + 2 * len(targets):]
         echo(f"\n{table_name} ({experiment.name}, AUROC %, mean ± std over seeds; * best of its shot group)")
         echo(tabulate(rows, headers=headers, tablefmt="github"))
         for note in footnotes:

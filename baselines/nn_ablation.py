@@ -1,0 +1,57 @@
+"""The nearest-neighbour rows of NAGL's ablation (paper Table: (i)-(iii)), training-free.
+
+  normal           (i)   1 - s_n: far from every normal-reference patch
+  abnormal         (ii)  s_a': close to an anomalous patch of the abnormal reference, max over its
+                         anomalous patches of (1 + cos) / 2
+  normal+abnormal  (iii) (s_a' + 1 - s_n) / 2: both, without NAGL's learned modules
+Image score = mean of the top 1 % patches; map bilinear to the image, blur sigma 4 (as NAGL).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from baselines.normal_nn import NormalNNAdapter
+from benchmark.adapter import NORMAL_ABNORMAL, ImageBatch, Prediction, ReferenceSet
+from benchmark.errors import GadbenchError
+from benchmark.maps import to_image_maps
+from nagl.model import cosine_to_unit, downsample_mask
+from nagl.similarity import flatten_patches, normal_similarity, top_percent_mean
+
+VARIANTS = ("normal", "abnormal", "normal+abnormal")
+
+
+class NNAblationAdapter(NormalNNAdapter):
+    name = "nn_ablation"
+    supports = (NORMAL_ABNORMAL,)
+    default_config = {**NormalNNAdapter.default_config, "variant": "normal+abnormal", "mask_downsample": "any-pixel"}
+
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        if self.config["variant"] not in VARIANTS:
+            raise GadbenchError(f"nn_ablation: variant must be one of {VARIANTS}, not {self.config['variant']!r}")
+
+    def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
+        super().set_references(category, normal, abnormal)
+        if abnormal is None:
+            raise GadbenchError("nn_ablation needs an abnormal reference (settings N<k>+A1)")
+        maps = self.context.features.extract(self.backbone, abnormal)
+        patches = flatten_patches(maps).reshape(-1, maps.shape[1])
+        anomalous = downsample_mask(abnormal.masks.to(maps.device), tuple(maps.shape[-2:]), self.config["mask_downsample"]).flatten() > 0
+        if not anomalous.any():
+            raise GadbenchError(f"{abnormal.samples[0].get('path', '?')}: abnormal reference mask has no anomalous patch")
+        self.abnormal_patches = patches[anomalous]
+
+    @torch.no_grad()
+    def predict(self, batch: ImageBatch) -> Prediction:
+        features = self.context.features.extract(self.backbone, batch)
+        grid = features.shape[-2:]
+        query = flatten_patches(features)
+        distance_to_normal = 1 - normal_similarity(query, self.normal_patches)
+        closeness_to_abnormal = cosine_to_unit(query, self.abnormal_patches[None].expand(len(batch), -1, -1)).amax(dim=-1)
+        patch_scores = {"normal": distance_to_normal, "abnormal": closeness_to_abnormal,
+                        "normal+abnormal": (closeness_to_abnormal + distance_to_normal) / 2}[self.config["variant"]]
+        scores = top_percent_mean(patch_scores, self.config["top_percent"])
+        maps = to_image_maps(patch_scores.reshape(-1, *grid), batch.original_sizes, self.config["blur_sigma"])
+        return Prediction(scores.cpu().numpy().astype(np.float64), maps)

@@ -1,0 +1,206 @@
+"""NAGL: tests that pin the mechanism, the trainer and the adapter contract."""
+
+import numpy as np
+import pytest
+import torch
+
+from nagl.model import NAGL, downsample_mask, nearest_normal_residual, sine_position_encoding
+from nagl.train import EpisodeBank, TrainConfig, episode_loss, run_episodes, sample_episode, train
+
+GRID = (8, 8)
+
+
+def make_model(dim=32, **options):
+    torch.manual_seed(0)
+    return NAGL(dim=dim, heads=4, proxies=5, **options).eval()
+
+
+def test_trainable_parameters_match_the_paper():
+    assert sum(p.numel() for p in NAGL(dim=384, heads=4, proxies=25).parameters() if p.requires_grad) == 2_378_112
+
+
+def test_s_n_is_one_for_a_query_identical_to_a_normal_reference():
+    model = make_model()
+    normal = torch.randn(1, 2, 64, 32)
+    out = model(normal[:, 1], normal, GRID)
+    assert torch.allclose(out["s_n"], torch.ones(1, 64), atol=1e-6)
+
+
+def test_top_one_percent_of_1024_patches_is_ten():
+    model = NAGL(dim=32, heads=4, proxies=3)
+    score = torch.zeros(1, 1024)
+    score[0, :10] = 1.0
+    assert model.top_percent == 1.0
+    from nagl.similarity import top_percent_mean
+
+    assert top_percent_mean(score).item() == 1.0
+    score[0, 10] = 2.0  # an 11th, larger patch enters the top 10 and pushes one 1.0 out
+    assert top_percent_mean(score).item() == pytest.approx((2.0 + 9 * 1.0) / 10)
+
+
+def test_residual_mining_ignores_residuals_on_non_anomalous_patches():
+    model = make_model()
+    torch.manual_seed(1)
+    normal = torch.randn(1, 64, 32)
+    abnormal = torch.randn(1, 1, 64, 32)
+    mask = torch.zeros(1, 1, 64)
+    mask[0, 0, 10:14] = 1
+    before = model.mine_residual_proxies(abnormal, mask, normal, GRID)
+    changed = abnormal.clone()
+    changed[0, 0, 20:40] += 5 * torch.randn(20, 32)  # only non-anomalous patches change
+    after = model.mine_residual_proxies(changed, mask, normal, GRID)
+    assert torch.allclose(before, after, atol=1e-5)
+    changed[0, 0, 11] += 5  # an anomalous patch changes: the proxies must move
+    assert not torch.allclose(before, model.mine_residual_proxies(changed, mask, normal, GRID), atol=1e-3)
+
+
+def test_an_all_normal_abnormal_mask_is_rejected():
+    model = make_model()
+    with pytest.raises(ValueError, match="no anomalous patch"):
+        model.mine_residual_proxies(torch.randn(1, 1, 64, 32), torch.zeros(1, 1, 64), torch.randn(1, 64, 32), GRID)
+
+
+def test_residuals_use_the_raw_dot_product_neighbour():
+    normal = torch.tensor([[[1.0, 0.0], [10.0, 10.0]]])
+    query = torch.tensor([[[1.0, 0.1]]])
+    # cosine picks [1, 0]; the raw dot product (the official choice) picks [10, 10]
+    assert torch.allclose(nearest_normal_residual(query, normal), query - normal[:, 1:])
+
+
+def test_mask_downsampling_any_pixel_and_official_conv():
+    mask = torch.zeros(1, 56, 56)
+    mask[0, 13, 13] = 1  # the last pixel of patch (0, 0) with 14-pixel patches
+    any_pixel = downsample_mask(mask, (4, 4), "any-pixel").reshape(4, 4)
+    assert any_pixel[0, 0] == 1 and any_pixel.sum() == 1
+    # the code's conv (kernel 14, stride 14, padding 1) covers pixels [14i - 1, 14i + 13): pixel 13 is in window 1
+    official = downsample_mask(mask, (4, 4), "official-conv").reshape(4, 4)
+    assert official[1, 1] == 1 and official.sum() == 1
+
+
+def test_official_position_mask_changes_the_encoding_only_with_a_mask():
+    plain = sine_position_encoding(4, 4, 16)
+    masked = torch.zeros(1, 4, 4, dtype=torch.bool)
+    assert torch.allclose(plain, sine_position_encoding(4, 4, 16, masked))
+    masked[0, 1, 1] = True
+    assert not torch.allclose(plain, sine_position_encoding(4, 4, 16, masked))
+
+
+def test_per_sample_attention_masks_keep_batch_elements_apart():
+    model = make_model()
+    torch.manual_seed(2)
+    normal, abnormal = torch.randn(2, 64, 32), torch.randn(2, 1, 64, 32)
+    mask = torch.zeros(2, 1, 64)
+    mask[0, 0, :4], mask[1, 0, 30:40] = 1, 1
+    together = model.mine_residual_proxies(abnormal, mask, normal, GRID)
+    alone = model.mine_residual_proxies(abnormal[1:], mask[1:], normal[1:], GRID)
+    assert torch.allclose(together[1:], alone, atol=1e-5)
+    official = make_model(attention_mask_layout="official").mine_residual_proxies(abnormal, mask, normal, GRID)
+    assert not torch.allclose(official[1:], alone, atol=1e-3)  # the code's layout mixes the batch
+
+
+def tiny_bank(seed=0, n_per_category=10):
+    """Features with a planted signal: anomalous patches point along a fixed direction."""
+    generator = torch.Generator().manual_seed(seed)
+    features, masks, categories, labels, defects = [], [], [], [], []
+    direction = torch.randn(32, generator=generator)
+    for category in ("a", "b"):
+        for i in range(n_per_category):
+            label = int(i >= n_per_category // 2)
+            tokens = torch.randn(64, 32, generator=generator)
+            mask = torch.zeros(32, 32)
+            if label:
+                y, x = torch.randint(0, 24, (2,), generator=generator).tolist()
+                mask[y:y + 8, x:x + 8] = 1
+                patch = downsample_mask(mask[None], GRID)[0] > 0
+                tokens[patch] += 3 * direction
+            features.append(tokens)
+            masks.append(mask)
+            categories.append(category)
+            labels.append(label)
+            defects.append("dent" if label else "good")
+    masks = torch.stack(masks)
+    return EpisodeBank(torch.stack(features), masks.bool(), downsample_mask(masks, GRID), categories, labels, defects, GRID)
+
+
+def test_episode_sampler_never_uses_the_query_as_a_reference():
+    bank = tiny_bank()
+    rng = np.random.default_rng(0)
+    categories = bank.usable_categories(2)
+    seen_labels = set()
+    for _ in range(500):
+        episode = sample_episode(rng, bank, 2, categories)
+        assert episode.query not in episode.normal and episode.query != episode.abnormal
+        assert len(set(episode.normal)) == 2
+        assert bank.labels[episode.query] == episode.label
+        assert bank.categories[episode.query] == bank.categories[episode.abnormal] == bank.categories[episode.normal[0]]
+        assert all(bank.labels[i] == 0 for i in episode.normal) and bank.labels[episode.abnormal] == 1
+        seen_labels.add(episode.label)
+    assert seen_labels == {0, 1}
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    bank = tiny_bank()
+    model = make_model()
+    config = TrainConfig(k_normal=1, epochs=1, episodes_per_epoch=8, batch_size=8, learning_rate=1e-3)
+    rng = np.random.default_rng(5)
+    episodes = [sample_episode(rng, bank, 1, bank.usable_categories(1)) for _ in range(16)]
+    labels = torch.tensor([e.label for e in episodes])
+    masks = bank.pixel_masks[[e.query for e in episodes]].float()
+
+    def loss_now():
+        with torch.no_grad():
+            return episode_loss(run_episodes(model, bank, episodes, torch.device("cpu")), masks, labels, GRID, config)[0].item()
+
+    before = loss_now()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(30):
+        loss, _ = episode_loss(run_episodes(model, bank, episodes, torch.device("cpu")), masks, labels, GRID, config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss_now() < before - 0.02
+
+
+@pytest.mark.parametrize("image_loss", ["code", "paper"])
+def test_both_image_losses_are_finite_and_differ(image_loss):
+    bank = tiny_bank()
+    model = make_model()
+    episodes = [sample_episode(np.random.default_rng(1), bank, 1, bank.usable_categories(1)) for _ in range(4)]
+    output = run_episodes(model, bank, episodes, torch.device("cpu"))
+    labels = torch.tensor([e.label for e in episodes])
+    masks = bank.pixel_masks[[e.query for e in episodes]].float()
+    loss, parts = episode_loss(output, masks, labels, GRID, TrainConfig(k_normal=1, image_loss=image_loss))
+    assert torch.isfinite(loss) and parts["pixel_loss"] > 0
+    other = "paper" if image_loss == "code" else "code"
+    _, other_parts = episode_loss(output, masks, labels, GRID, TrainConfig(k_normal=1, image_loss=other))
+    assert other_parts["image_loss"] != pytest.approx(parts["image_loss"])
+
+
+def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    bank = tiny_bank()
+    config = TrainConfig(k_normal=1, epochs=3, episodes_per_epoch=16, batch_size=8, learning_rate=1e-3, milestones=(2,))
+    straight = train(make_model(), bank, config, tmp_path / "straight", "h", log=lambda m: None)
+    # an interrupted run: stop after epoch 1 (the state file is what a killed run leaves behind)
+    partial = TrainConfig(**{**config.__dict__, "epochs": 1})
+    train(make_model(), bank, partial, tmp_path / "resumed", "h", log=lambda m: None)
+    state = torch.load(tmp_path / "resumed" / "training_state.pt", weights_only=True)
+    assert state["epoch"] == 0
+    (tmp_path / "resumed" / "model.pt").unlink()
+    messages = []
+    resumed = train(make_model(), bank, config, tmp_path / "resumed", "h", log=messages.append)
+    assert any("resuming NAGL training at epoch 1" in m for m in messages)
+    a = torch.load(straight, weights_only=True)["state_dict"]
+    b = torch.load(resumed, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="different training config"):
+        train(make_model(), bank, config, tmp_path / "resumed", "other-hash", log=lambda m: None)
+
+
+def test_target_selected_policy_keeps_the_best_epoch_from_the_start_epoch(tmp_path):
+    bank = tiny_bank()
+    config = TrainConfig(k_normal=1, epochs=4, episodes_per_epoch=8, batch_size=8, learning_rate=1e-3,
+                         checkpoint_policy="official-target-selected", selection_start_epoch=1)
+    scores = iter([0.5, 0.9, 0.7])  # epochs 1, 2, 3 are scored; epoch 2 (index) is best
+    path = train(make_model(), bank, config, tmp_path, "h", select=lambda model: next(scores), log=lambda m: None)
+    assert torch.load(path, weights_only=True)["epoch"] == 2

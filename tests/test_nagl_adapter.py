@@ -1,0 +1,77 @@
+import json
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from conftest import write_experiment
+
+NAGL_TINY = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
+             "config": {"backbone": "lite0_imagenet", "input_size": 96, "proxies": 4,
+                        "training": {"epochs": 2, "episodes_per_epoch": 8, "batch_size": 4, "learning_rate": 1e-3,
+                                     "milestones": [1]}}}
+ABLATIONS = [{"name": f"abl_{v}", "adapter": "nn_ablation", "label": f"({n}) {v}",
+              "config": {"variant": v, "backbone": "lite0_imagenet", "input_size": 96}}
+             for n, v in (("i", "normal"), ("ii", "abnormal"), ("iii", "normal+abnormal"))]
+
+
+@pytest.fixture(scope="module")
+def nagl_run(tmp_path_factory, synthetic_root):
+    tmp = tmp_path_factory.mktemp("nagl")
+    experiment = write_experiment(tmp / "e.yaml", synthetic_root, methods=ABLATIONS + [NAGL_TINY],
+                                  settings=["N1+A1", "N2+A1"], seeds=[0, 1],
+                                  tables={"ablation": {"targets": ["tiny_textures", "tiny_objects"], "mean": True}})
+    results = tmp / "results"
+    assert main(["run", "--experiment", str(experiment), "--results", str(results), "--no-progress"]) == 0
+    assert main(["tables", "--experiment", str(experiment), "--results", str(results)]) == 0
+    return experiment, results
+
+
+def test_one_checkpoint_per_source_and_k_shared_by_the_seeds(nagl_run):
+    _, results = nagl_run
+    checkpoints = sorted((results / "checkpoints" / "nagl_tiny").rglob("model.pt"))
+    assert len(checkpoints) == 2 * 2  # two sources x k in (1, 2)
+    cells = [json.loads(p.read_text()) for p in (results / "runs").rglob("*.json") if "nagl_tiny" in str(p)]
+    assert len(cells) == 2 * 2 * 2 and all(c["status"] == "done" for c in cells)
+    by_key = {}
+    for cell in cells:
+        by_key.setdefault((cell["cell"]["source"], cell["cell"]["setting"]), set()).add(cell["checkpoint"])
+    assert all(len(paths) == 1 for paths in by_key.values())  # seeds 0 and 1 share the model
+    first = cells[0]
+    assert first["method"]["checkpoint_policy"] == "last" and first["method"]["image_loss"] == "code"
+    dim = 112  # Lite0 stride-16 stage
+    assert first["method"]["parameters_trainable"] == 4 * (4 * dim * dim + 4 * dim + 2 * dim) + 4 * dim
+    assert first["cell"]["source"] != "*" and "fit_source_seconds" in first["timings"]
+
+
+def test_fit_source_is_idempotent(nagl_run):
+    experiment, results = nagl_run
+    checkpoints = {p: p.stat().st_mtime_ns for p in (results / "checkpoints").rglob("model.pt")}
+    for cell in (results / "runs").rglob("*.json"):
+        if "nagl_tiny" in str(cell):
+            cell.unlink()  # force the cells to run again: training must not
+    assert main(["run", "--experiment", str(experiment), "--results", str(results), "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (results / "checkpoints").rglob("model.pt")} == checkpoints
+
+
+def test_ablation_table_has_the_paper_shape(nagl_run):
+    _, results = nagl_run
+    table = pd.read_csv(results / "tables" / "ablation.csv")
+    assert list(table.method) == ["(i) normal", "(ii) abnormal", "(iii) normal+abnormal", "NAGL tiny"] * 2
+    assert "mean" in table.columns and table["mean"].between(0, 100).all()
+    first = table.iloc[0]
+    values = [first[f"{t}:{m}:mean"] for t in ("tiny_textures", "tiny_objects") for m in ("image_auroc", "pixel_auroc")]
+    assert first["mean"] == pytest.approx(sum(values) / 4, abs=1e-3)
+    tex = (results / "tables" / "ablation.tex").read_text()
+    assert "Mean" in tex and "(iii) normal+abnormal" in tex
+
+
+def test_ablation_i_with_an_abnormal_reference_equals_normal_nn_without(tmp_path, synthetic_root):
+    """Under the clean protocol N^k and N^k+A^1 score the same queries, so (i) at N1+A1 must equal
+    the normal-NN scorer at N1 exactly: the abnormal reference is really ignored."""
+    methods = [ABLATIONS[0], {"name": "nn", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet", "input_size": 96}}]
+    experiment = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=methods, settings=["N1", "N1+A1"], seeds=[0],
+                                  pairs=[["tiny_objects", "tiny_textures"]])
+    assert main(["run", "--experiment", str(experiment), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
+    cells = {p.parent.parent.parent.name: json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").rglob("*.json")}
+    assert cells["abl_normal"]["metrics"] == cells["nn"]["metrics"]
