@@ -222,14 +222,14 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print) -> list
         headers, rows = _formatted(table, targets, "console")
         headers = headers[:2] + [h.replace(t, displays[t], 1) for h in headers[2:] for t in targets if h.startswith(t + " ")] + headers[2 + 2 * len(targets):]
         echo(f"\n{table_name} ({experiment.name}, AUROC %, mean ± std over seeds; * best of its shot group)")
-        echo(tabulate(rows, headers=headers, tablefmt="github"))
+        echo(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
         for note in footnotes:
             echo(note)
     for target in sorted(set(frame.target)):
         per_category = per_category_table(experiment, frame, target)
         if per_category.empty:
             continue
-        path = out_dir / f"per_category_{target}.csv"
+        path = out_dir / f"{experiment.name}_per_category_{target}.csv"
         _write_atomic(per_category.round(4).to_csv(index=False), path)
         written.append(path)
     return written

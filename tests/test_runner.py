@@ -121,7 +121,7 @@ def test_tables_have_the_paper_shape(finished_run):
             assert (table[f"{target}:{metric}:std"] >= 0).all()
     tex = (results / "tables" / "main.tex").read_text()
     assert "\\toprule" in tex and "\\textbf{" in tex and "$N^{1}$" in tex and "Textures" in tex
-    per_category = pd.read_csv(results / "tables" / "per_category_tiny_objects.csv")
+    per_category = pd.read_csv(results / "tables" / "tiny_per_category_tiny_objects.csv")
     assert {"washer:image_auroc:mean", "hex_nut:pixel_auroc:std"} <= set(per_category.columns)
 
 
