@@ -14,13 +14,13 @@ reference score) / 2: all as anomalib implements them. What this adapter adds:
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from baselines.clip_models import clip_state_dict, register_model_config
 from benchmark.adapter import NORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
 from benchmark.class_names import class_name
 from benchmark.preprocessing import Preprocessing
@@ -39,13 +39,6 @@ def _winclip_module(clip_model: str):
     with mock.patch.object(winclip_torch_model, "BACKBONE", clip_model), \
             mock.patch.object(winclip_torch_model, "PRETRAINED", None):
         yield winclip_torch_model
-
-
-def clip_state_dict(state: dict) -> dict:
-    """open_clip release files may wrap the weights in 'state_dict' and prefix them with 'module.'."""
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 class WinCLIPAdapter(Adapter):
@@ -85,10 +78,7 @@ class WinCLIPAdapter(Adapter):
     @property
     def model(self):
         if self._model is None:
-            if self.config["clip_model_config"]:
-                import open_clip
-
-                open_clip.add_model_config(Path(self.config["clip_model_config"]))
+            register_model_config(self.config["clip_model_config"])
             weights = None
             if not self.config["allow_random_weights"]:
                 state, self._weights_sha256 = self.context.weights.load_state_dict(self.required_weights()[0])

@@ -20,6 +20,8 @@ ADAPTERS: dict[str, str] = {
     "winclip": "baselines.winclip:WinCLIPAdapter",
     "nagl": "nagl.adapter:NAGLAdapter",
     "nn_ablation": "baselines.nn_ablation:NNAblationAdapter",
+    "inctrl": "baselines.inctrl:InCTRLAdapter",
+    "resad": "baselines.resad:ResADAdapter",
 }
 
 

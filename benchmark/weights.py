@@ -109,6 +109,10 @@ class WeightStore:
     def load_state_dict(self, weight: WeightFile) -> tuple[dict, str]:
         path, sha256 = self.resolve(weight)
         try:
+            if path.suffix == ".safetensors":  # timm / Hugging Face releases
+                from safetensors.torch import load_file
+
+                return load_file(str(path)), sha256
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # pickle errors, zip errors: all mean an unusable file
             raise GadbenchError(f"{path}: cannot be loaded as weights ({type(error).__name__}); download it again") from None
