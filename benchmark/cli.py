@@ -124,12 +124,24 @@ def cmd_weights(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from benchmark.datasets.synthetic import DOMAINS, generate
-
     if args.what == "synthetic":
+        from benchmark.datasets.synthetic import DOMAINS, generate
+
         for domain in args.domain or sorted(DOMAINS):
-            out = generate(Path(args.out) / domain, domain, seed=args.seed, size=args.size)
-            print(f"wrote {out}")
+            print(f"wrote {generate(Path(args.out) / domain, domain, seed=args.seed, size=args.size)}")
+        return 0
+    if not args.src:
+        raise GadbenchError(f"prepare {args.what}: --src is required (the folder of the downloaded data set)")
+    if args.what == "brats":
+        from benchmark.prepare.brats import BratsRules, prepare_brats
+
+        rules = BratsRules(args.modality, args.slice, args.min_brain_fraction, args.lesion_min_pixels, args.normal_test_fraction)
+        counts = prepare_brats(Path(args.src), Path(args.out), rules)
+    else:
+        from benchmark.prepare.visa import prepare_visa
+
+        counts = prepare_visa(Path(args.src), Path(args.out))
+    print(f"wrote {args.out}: {counts}")
     return 0
 
 
@@ -163,10 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--weights-dir")
     weights.set_defaults(func=cmd_weights)
 
-    prepare = sub.add_parser("prepare", help="prepare data sets")
-    prepare.add_argument("what", choices=["synthetic"])
+    prepare = sub.add_parser("prepare", help="convert a data set to the MVTec layout (rules: docs/datasets.md)")
+    prepare.add_argument("what", choices=["brats", "visa", "synthetic"])
+    prepare.add_argument("--src", help="the downloaded data set (brats: subject folders; visa: the folder with split_csv/)")
     prepare.add_argument("--out", required=True)
-    prepare.add_argument("--domain", action="append")
+    prepare.add_argument("--modality", default="flair", help="brats: flair, t1, t1ce or t2")
+    prepare.add_argument("--slice", default="83", help="brats: an axial slice index, or 'all'")
+    prepare.add_argument("--min-brain-fraction", type=float, default=0.1, help="brats --slice all: keep slices with this much brain")
+    prepare.add_argument("--lesion-min-pixels", type=int, default=1, help="brats: tumour pixels that make a slice a lesion slice")
+    prepare.add_argument("--normal-test-fraction", type=float, default=0.5, help="brats: share of subjects whose normal slices are test images")
+    prepare.add_argument("--domain", action="append", help="synthetic: objects and/or textures")
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--size", type=int, default=256)
     prepare.set_defaults(func=cmd_prepare)

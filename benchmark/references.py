@@ -117,8 +117,10 @@ def _has_defect_pixels(row, mask_threshold: int) -> bool:
 
 
 def clean_abnormal_reference(table: pd.DataFrame, category: str, seed: int, mask_threshold: int) -> pd.Series | None:
-    """One seeded draw per (category, seed): a defect type uniformly, then a file of that type."""
+    """One seeded draw per (category, seed): a defect type uniformly, then a file of that type.
+    None when the category has no defect with defect pixels (no defects, or no masks: ELPV)."""
     defects = table[(table.category == category) & (table.split == "test") & (table.label == 1)]
+    defects = defects[defects["mask"].notna()]
     if defects.empty:
         return None
     rng = _category_seed_rng(category, seed)
@@ -129,7 +131,7 @@ def clean_abnormal_reference(table: pd.DataFrame, category: str, seed: int, mask
         row = candidates.iloc[rng.integers(len(candidates))]
         if _has_defect_pixels(row, mask_threshold):  # an empty mask teaches nothing (Magnetic Tile has four)
             return row
-    raise GadbenchError(f"category {category!r}: every defect mask is empty; an abnormal reference needs defect pixels")
+    return None
 
 
 def _rows(frame: pd.DataFrame | list, role: str, data_root: Path) -> list[dict]:
@@ -150,7 +152,8 @@ def make_manifest(table: pd.DataFrame, data_root: Path, category: str, setting: 
     if protocol == "clean":
         abnormal = clean_abnormal_reference(table, category, seed, mask_threshold)
         if abnormal is None and setting.k_abnormal:
-            raise GadbenchError(f"category {category!r} has no defective test images; setting {setting.label} needs one")
+            raise GadbenchError(f"category {category!r} has no defective test image with a non-empty mask;"
+                                f" setting {setting.label} needs one (use N<k> settings for this data set)")
         if abnormal is not None:
             rows += _rows([abnormal.to_dict()], "abnormal" if setting.k_abnormal else "excluded", data_root)
     elif setting.k_abnormal:

@@ -23,6 +23,7 @@ READERS = {
     "visa": "benchmark.datasets.visa:read_visa",
     "magnetic_tile": "benchmark.datasets.magnetic_tile:read_magnetic_tile",
     "synthetic": "benchmark.datasets.synthetic:read_synthetic",
+    "elpv": "benchmark.datasets.elpv:read_elpv",
 }
 
 
@@ -57,7 +58,7 @@ def read_dataset(spec: DatasetSpec) -> pd.DataFrame:
     """Read any layout into a validated sample table."""
     if spec.layout not in READERS:
         raise GadbenchError(f"dataset {spec.name!r}: unknown layout {spec.layout!r}{closest(spec.layout, READERS)}")
-    if not spec.root.exists() and spec.layout != "synthetic":
+    if not spec.root.exists() and spec.layout not in ("synthetic", "elpv"):
         raise GadbenchError(
             f"dataset {spec.name!r}: data root {spec.root} does not exist; set DATA_ROOT or --data-root to the folder that holds it"
         )

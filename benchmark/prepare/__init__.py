@@ -1,0 +1,1 @@
+"""Converters from published data layouts to the MVTec layout the readers share."""
