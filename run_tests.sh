@@ -1,6 +1,25 @@
 #!/usr/bin/env bash
-# Set up .venv if needed, then run the whole test suite. Extra arguments go to pytest.
+# Set up .venv if needed, run the test suite, then the AUROC regression gate: the CI-sized
+# experiments are run (finished cells are reused) and compared with results/golden/ by
+# `gadbench check`. Extra arguments go to pytest. GADBENCH_SKIP_GATE=1 runs the tests only.
 set -euo pipefail
 cd "$(dirname "$0")"
 source tools/ensure_venv.sh
 python -m pytest "$@"
+if [ -n "${GADBENCH_SKIP_GATE:-}" ]; then
+  exit 0
+fi
+gate=(configs/experiments/ci_mini.yaml)
+if [ -d ../shared/data ]; then
+  gate+=(configs/experiments/real_shared_ci.yaml)
+else
+  echo "gadbench gate: ../shared/data is absent (a fresh clone): real_shared_ci is not checked"
+fi
+for experiment in "${gate[@]}"; do
+  gadbench run --experiment "$experiment" --results results/ci --no-progress
+done
+status=0
+for experiment in "${gate[@]}"; do
+  gadbench check --experiment "$experiment" --results results/ci || status=1
+done
+exit $status

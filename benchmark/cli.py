@@ -72,6 +72,21 @@ def cmd_refs(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from benchmark import golden
+
+    experiment = _experiment(args)
+    if args.update:
+        path = golden.update(experiment, Path(args.results), Path(args.golden), args.tolerance or 0.01)
+        print(f"wrote {path}")
+        return 0
+    problems = golden.check(experiment, Path(args.results), Path(args.golden), args.tolerance)
+    for line in problems:
+        print(line)
+    print(f"{experiment.name}: {'FAILED, ' + str(len(problems)) + ' cell(s) moved or missing' if problems else 'every cell within tolerance of its golden value'}")
+    return 1 if problems else 0
+
+
 def cmd_list(args) -> int:
     from tabulate import tabulate
 
@@ -167,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     refs.add_argument("action", choices=["make", "verify"], help="make: create missing manifests and verify all; verify: the same, a no-op when all exist")
     _common(refs)
     refs.set_defaults(func=cmd_refs)
+
+    gate = sub.add_parser("check", help="compare the latest results with results/golden (the AUROC regression gate)")
+    _common(gate)
+    gate.add_argument("--golden", default=str(DEFAULT_RESULTS / "golden"), help="folder of golden files")
+    gate.add_argument("--tolerance", type=float, help="AUROC difference allowed (default: the golden file's)")
+    gate.add_argument("--update", action="store_true", help="rewrite the golden file from the latest results, on purpose")
+    gate.set_defaults(func=cmd_check)
 
     listing = sub.add_parser("list", help="adapters, methods, datasets and experiments")
     listing.set_defaults(func=cmd_list)

@@ -106,7 +106,8 @@ class Runner:
     def cell_key(self, cell: Cell) -> str:
         spec: DatasetSpec = self.experiment.datasets[cell.target]
         return config_hash({
-            "method": cell.method.hash, "source": cell.source, "target": [spec.layout, str(spec.root), spec.options, spec.mask_threshold],
+            "method": cell.method.hash, "source": cell.source,
+            "target": [spec.layout, str(spec.root), spec.options, spec.mask_threshold, spec.max_per_group],
             "categories": self.experiment.categories.get(cell.target), "protocol": self.experiment.protocol,
             "protocol_options": self.experiment.protocol_options, "setting": cell.setting.label, "seed": cell.seed,
         })

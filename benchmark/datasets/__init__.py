@@ -37,6 +37,9 @@ class DatasetSpec:
     display: str = ""
     mask_threshold: int = 127  # mask pixel is anomalous if value > threshold
     options: dict = field(default_factory=dict)
+    # keep at most this many images per (category, split, defect), the first by sorted path:
+    # a deterministic subsample for CI-sized configurations (None: everything)
+    max_per_group: int | None = None
 
     @property
     def label(self) -> str:
@@ -65,6 +68,9 @@ def read_dataset(spec: DatasetSpec) -> pd.DataFrame:
     module_name, _, function_name = READERS[spec.layout].partition(":")
     reader = getattr(importlib.import_module(module_name), function_name)
     table = reader(spec.root, **spec.options)
+    if spec.max_per_group:
+        table = (table.sort_values("path").groupby(["category", "split", "defect"], sort=False).head(spec.max_per_group)
+                 .pipe(lambda t: make_table(t.to_dict("records"))))
     if table.empty:
         raise GadbenchError(f"dataset {spec.name!r}: no images found under {spec.root}; check the layout ({spec.layout})")
     return table
