@@ -217,6 +217,13 @@ def plan_category(manifest_path_: Path, manifest: pd.DataFrame, table: pd.DataFr
     """Split a category's test set into query groups according to the manifest."""
     tests = table[(table.category == category) & (table.split == "test")]
     lookup = table.set_index("path")
+    unknown = sorted(set(manifest[manifest.role != "assignment"].path) - set(lookup.index))
+    if unknown:
+        raise GadbenchError(
+            f"{manifest_path_}: reference {unknown[0]} is not in the data set's current sample table (did its"
+            " definition or subsampling change?); restore the definition, or delete the manifest to draw new references on purpose"
+        )
+
     def rows(role):
         part = manifest[manifest.role == role]
         return lookup.loc[part.path].reset_index() if len(part) else lookup.iloc[:0].reset_index()

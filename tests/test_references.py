@@ -108,3 +108,12 @@ def test_a_manifest_pointing_outside_the_data_root_is_rejected(data, tmp_path):
 def test_k_larger_than_the_normal_images_is_a_clear_error(data, tmp_path):
     with pytest.raises(GadbenchError, match="has 8 train/good images; k=4 at seed 2"):
         _manifest(data, tmp_path, "N4", 2)
+
+
+def test_a_reference_missing_from_the_current_table_is_a_clear_error(data, tmp_path):
+    root, table = data
+    path, manifest = _manifest(data, tmp_path, "N1+A1", 0)
+    abnormal = manifest[manifest.role == "abnormal"].path.iloc[0]
+    smaller = table[table.path != abnormal]  # e.g. a dataset subsampled differently than when the manifest was drawn
+    with pytest.raises(GadbenchError, match="is not in the data set's current sample table"):
+        plan_category(path, manifest, smaller, "washer", "clean")
