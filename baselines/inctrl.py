@@ -84,10 +84,7 @@ class InCTRLAdapter(Adapter):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.config["training"] = {**self.default_config["training"], **self.config.get("training", {})}
-        unknown = set(self.config["training"]) - TRAINING_KEYS
-        if unknown:
-            raise GadbenchError(f"inctrl: unknown training keys {sorted(unknown)} (known: {sorted(TRAINING_KEYS)})")
+        self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         if self.config["training"]["focal_input"] not in ("code", "probabilities"):
             raise GadbenchError("inctrl: training.focal_input must be 'code' or 'probabilities'")
         self._clip, self._sha256, self._text, self._encoded = None, None, {}, {}

@@ -62,10 +62,7 @@ class ResADAdapter(Adapter):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.config["training"] = {**self.default_config["training"], **self.config.get("training", {})}
-        unknown = set(self.config["training"]) - TRAINING_KEYS
-        if unknown:
-            raise GadbenchError(f"resad: unknown training keys {sorted(unknown)} (known: {sorted(TRAINING_KEYS)})")
+        self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         self.model: ResADModel | None = None
 
     def preprocessing(self) -> Preprocessing:

@@ -116,6 +116,16 @@ class Adapter:
         """Parameter counts, backbone, weights checksum, preprocessing: written into every row."""
         return {"name": self.name, "preprocessing": self.preprocessing().describe()}
 
+    def merged_training_config(self, known: set[str]) -> dict:
+        """The `training:` block over the class defaults, with unknown keys refused by name."""
+        from benchmark.errors import GadbenchError, closest
+
+        merged = {**self.default_config.get("training", {}), **(self.config.get("training") or {})}
+        for key in merged:
+            if key not in known:
+                raise GadbenchError(f"{self.name}: unknown training key {key!r}{closest(key, known)}")
+        return merged
+
     def required_weights(self) -> list:
         """The weight files this configuration loads (benchmark.weights.WeightFile), for
         `gadbench weights`. The default covers adapters with a `backbone` key from configs/backbones.yaml."""

@@ -51,23 +51,12 @@ def cmd_tables(args) -> int:
 
 
 def cmd_refs(args) -> int:
-    from benchmark.references import ensure_manifest
     from benchmark.runner import Runner
 
     experiment = _experiment(args)
     runner = Runner(experiment, Path(args.results), show_progress=False)
-    made = 0
     targets = sorted({t for _, t in experiment.pairs})
-    for target in targets:
-        spec = experiment.datasets[target]
-        table = runner.table(target)
-        for category in sorted(table.category.unique()):
-            for setting in experiment.settings:
-                for seed in experiment.seeds:
-                    path, _ = ensure_manifest(Path(args.results) / "references", target, spec.root, table, category,
-                                              setting, seed, experiment.protocol,
-                                              experiment.protocol_options["nested_block"], spec.mask_threshold)
-                    made += 1
+    made = runner.ensure_manifests({(t, s, seed) for t in targets for s in experiment.settings for seed in experiment.seeds})
     print(f"{made} manifests present and verified under {Path(args.results) / 'references' / experiment.protocol}")
     return 0
 

@@ -4,12 +4,11 @@ over the experiment's seeds, in results/golden/<experiment>.json, with a toleran
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from benchmark.atomic import write_text
 from benchmark.experiment import Experiment
 from benchmark.results import DONE
 from benchmark.tables import collect
@@ -41,12 +40,7 @@ def update(experiment: Experiment, results_root: Path, golden_root: Path, tolera
     if unfinished:
         raise SystemExit("gadbench: error: cannot write golden values while cells are unfinished: " + "; ".join(unfinished))
     path = golden_path(experiment, golden_root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        json.dump({"experiment": experiment.name, "tolerance": tolerance, "cells": values}, out, indent=1, sort_keys=True)
-        out.write("\n")
-    os.replace(temp, path)
+    write_text(json.dumps({"experiment": experiment.name, "tolerance": tolerance, "cells": values}, indent=1, sort_keys=True) + "\n", path)
     return path
 
 

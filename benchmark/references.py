@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.atomic import atomic_file
 from benchmark.errors import GadbenchError, closest
 from benchmark.images import file_sha256, image_size, load_mask
 
@@ -173,15 +173,8 @@ def make_manifest(table: pd.DataFrame, data_root: Path, category: str, setting: 
 
 
 def write_atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            frame.to_csv(out, index=False)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temp:
+        frame.to_csv(temp, index=False)
 
 
 def read_manifest(path: Path, data_root: Path) -> pd.DataFrame:

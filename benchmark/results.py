@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from benchmark.atomic import atomic_file
 from benchmark.experiment import Cell
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
@@ -37,17 +37,10 @@ def _clean(value):
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(_clean(data), out, indent=1, sort_keys=True, allow_nan=False)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temp, open(temp, "w") as out:
+        json.dump(_clean(data), out, indent=1, sort_keys=True, allow_nan=False)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def read_cell(path: Path) -> dict | None:

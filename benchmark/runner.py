@@ -6,7 +6,9 @@ seeds, feature caching, timing and metrics. Adapters see only references and que
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -47,6 +49,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_deterministic(device: torch.device) -> None:
+    """On CUDA: deterministic cuDNN and cuBLAS kernels (docs/reliability.md). The CPU path is
+    deterministic already for a fixed thread count."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def load_batch(rows: pd.DataFrame, preprocessing: Preprocessing, mask_threshold: int, with_masks: bool = False):
     """Read and preprocess images (and masks in model space for references)."""
     records = rows.to_dict("records")
@@ -85,6 +97,7 @@ class Runner:
         self.results_root = Path(self.results_root)
         self.features = FeatureService(self.weights, self.device)
         self._tables: dict[str, pd.DataFrame] = {}
+        make_deterministic(self.device)
 
     # ------------------------------------------------------------------ data
     def table(self, name: str) -> pd.DataFrame:
@@ -120,8 +133,39 @@ class Runner:
         return bool(existing) and existing.get("status") == DONE and existing.get("cell_key") == self.cell_key(cell)
 
     # ------------------------------------------------------------------ grid
+    def preflight(self, cells: list[Cell]) -> None:
+        """Input errors stop the run here, with one line, before any cell is written: the data
+        sets read and validate, every target category can be scored, and every reference
+        manifest exists (drawn once) and matches the files on disk."""
+        for name in sorted({c.source for c in cells if c.source != "*"} | {c.target for c in cells}):
+            self.table(name)
+        self.ensure_manifests({(c.target, c.setting, c.seed) for c in cells})
+
+    def ensure_manifests(self, needed) -> int:
+        """Draw (once) and verify the manifest of every (target, setting, seed) x category."""
+        experiment, count = self.experiment, 0
+        for target, setting, seed in sorted(needed, key=str):
+            spec, table = experiment.datasets[target], self.table(target)
+            for category in sorted(table.category.unique()):
+                check_category(table, target, category)
+                ensure_manifest(self.results_root / "references", target, spec.root, table, category, setting, seed,
+                                experiment.protocol, experiment.protocol_options["nested_block"], spec.mask_threshold)
+                count += 1
+        return count
+
+    def sweep_temporary_files(self) -> int:
+        """Remove the temporary files a killed run can leave beside its cell files."""
+        removed = 0
+        for folder in ("runs", "references", "checkpoints", "tables"):
+            for temp in (self.results_root / folder).rglob(".*.tmp"):
+                temp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def run(self, cells: list[Cell] | None = None) -> dict:
         cells = self.experiment.cells() if cells is None else cells
+        self.sweep_temporary_files()
+        self.preflight(cells)
         todo = [c for c in cells if not self.is_finished(c)]
         summary = {"total": len(cells), "already_done": len(cells) - len(todo), DONE: 0, FAILED: 0, SKIPPED: 0}
         bar = tqdm(todo, desc="cells", unit="cell", disable=not self.show_progress)
@@ -156,8 +200,8 @@ class Runner:
         record["provenance"].update({k: after[k] - counters_before[k] for k in after})
         record["provenance"]["seconds_total"] = time.time() - started
         write_json_atomic(record, self.path(cell))
-        if record["status"] != DONE and self.show_progress:
-            tqdm.write(f"{record['status']}: {cell.id}: {record.get('reason') or record.get('error')}")
+        if record["status"] != DONE:  # one line per cell that did not finish, with or without progress bars
+            tqdm.write(f"{record['status']}: {cell.id}: {record.get('reason') or record.get('error')}", file=sys.stderr)
         return record
 
     def _evaluate(self, cell: Cell) -> dict:

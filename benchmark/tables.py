@@ -8,14 +8,13 @@ CSV holds the numbers (mean and std columns); LaTeX (booktabs) and the console v
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from benchmark.atomic import write_text
 from benchmark.experiment import Experiment
 from benchmark.results import DONE, cell_path, read_cell
 
@@ -169,14 +168,6 @@ def latex_table(table: pd.DataFrame, targets: list[str], displays: dict[str, str
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(temp, path)
-
-
 def caption(experiment: Experiment, what: str) -> str:
     protocol = {"clean": "clean protocol: abnormal reference removed from the queries",
                 "official": "official NAGL protocol: type-matched abnormal reference kept in the test set"}[experiment.protocol]
@@ -216,8 +207,8 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print) -> list
         table, footnotes = summarise(experiment, frame, targets, spec["mean"])
         numeric = table.drop(columns=[c for c in table.columns if c.endswith(":note")])
         csv_path, tex_path = out_dir / f"{table_name}.csv", out_dir / f"{table_name}.tex"
-        _write_atomic(numeric.round(4).to_csv(index=False), csv_path)
-        _write_atomic(latex_table(table, targets, displays, caption(experiment, table_name), footnotes), tex_path)
+        write_text(numeric.round(4).to_csv(index=False), csv_path)
+        write_text(latex_table(table, targets, displays, caption(experiment, table_name), footnotes), tex_path)
         written += [csv_path, tex_path]
         headers, rows = _formatted(table, targets, "console")
         headers = headers[:2] + [h.replace(t, displays[t], 1) for h in headers[2:] for t in targets if h.startswith(t + " ")] + headers[2 + 2 * len(targets):]
@@ -230,6 +221,6 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print) -> list
         if per_category.empty:
             continue
         path = out_dir / f"{experiment.name}_per_category_{target}.csv"
-        _write_atomic(per_category.round(4).to_csv(index=False), path)
+        write_text(per_category.round(4).to_csv(index=False), path)
         written.append(path)
     return written

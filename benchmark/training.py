@@ -6,8 +6,6 @@ epoch and ends with the same weights as an uninterrupted one."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,20 +13,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from benchmark.atomic import atomic_file
 from benchmark.errors import GadbenchError
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_file(path) as temp:
         torch.save(state, temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, config_hash: str) -> dict:

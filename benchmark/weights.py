@@ -103,7 +103,10 @@ class WeightStore:
     def _download(self, weight: WeightFile) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / weight.file
-        torch.hub.download_url_to_file(weight.url, str(target), progress=True)
+        try:
+            torch.hub.download_url_to_file(weight.url, str(target), progress=True)  # writes a temp file, then renames
+        except Exception as error:  # URLError, HTTPError, OSError: all mean "not downloaded"
+            raise GadbenchError(f"downloading {weight.url} failed ({type(error).__name__}: {error}); download it by hand into {self.dir}") from None
         return target
 
     def load_state_dict(self, weight: WeightFile) -> tuple[dict, str]:

@@ -48,9 +48,7 @@ class NAGLAdapter(Adapter):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        unknown = set(self.config["training"]) - TRAINING_KEYS
-        if unknown:
-            raise GadbenchError(f"nagl: unknown training keys {sorted(unknown)} (known: {sorted(TRAINING_KEYS)})")
+        self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         self.model: NAGL | None = None
         self.checkpoint: Path | None = None
 

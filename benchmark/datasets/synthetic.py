@@ -12,15 +12,13 @@ masks are exactly aligned with what changed. Every image comes from its own RNG 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from benchmark.atomic import staged_directory
 from benchmark.datasets.mvtec import read_mvtec
 from benchmark.errors import GadbenchError
 
@@ -225,9 +223,7 @@ def generate(out: Path, domain: str, seed: int = 0, size: int = 256, counts: dic
         raise GadbenchError(f"synthetic domain {domain!r} unknown; choose one of {sorted(DOMAINS)}")
     counts = {**DEFAULT_COUNTS, **(counts or {})}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as staging:
         spec = DOMAINS[domain]
         for category in spec["categories"]:
             root = staging / category
@@ -241,12 +237,6 @@ def generate(out: Path, domain: str, seed: int = 0, size: int = 256, counts: dic
                         _save_png(mask, root / "ground_truth" / defect / f"{index:03d}_mask.png")
         stamp = {"generator_version": GENERATOR_VERSION, "domain": domain, "seed": seed, "size": size, "counts": counts}
         (staging / "SYNTHETIC.json").write_text(json.dumps(stamp, indent=1, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

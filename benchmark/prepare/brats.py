@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from benchmark.atomic import staged_directory
 from benchmark.errors import GadbenchError
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -74,10 +72,8 @@ def prepare_brats(src: Path, out: Path, rules: BratsRules = BratsRules()) -> dic
     subjects = sorted(d for d in src.iterdir() if d.is_dir()) if src.is_dir() else []
     if not subjects:
         raise GadbenchError(f"{src}: no subject folders; expected <src>/<id>/<id>_{rules.modality}.nii.gz")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     counts = {"train_good": 0, "test_good": 0, "test_lesion": 0, "ambiguous_left_out": 0, "subjects": len(subjects)}
-    try:
+    with staged_directory(out) as staging:
         root = staging / "brain"
         for subject_dir in subjects:
             subject = subject_dir.name
@@ -118,10 +114,4 @@ def prepare_brats(src: Path, out: Path, rules: BratsRules = BratsRules()) -> dic
         record = {"source": str(src.resolve()), "rules": asdict(rules), "counts": counts,
                   "rules_text": __doc__.split("Rules", 1)[1].strip()}
         (staging / "PREPARED.json").write_text(json.dumps(record, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return counts

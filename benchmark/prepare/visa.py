@@ -6,15 +6,14 @@ the image's stem. Reading either layout gives the same sample table up to the pa
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from benchmark.datasets.visa import DEFECT, SPLIT_CSV, read_visa_original
+from benchmark.atomic import staged_directory
 from benchmark.errors import GadbenchError
 
 
@@ -23,9 +22,7 @@ def prepare_visa(src: Path, out: Path) -> dict:
     if not (src / SPLIT_CSV).is_file():
         raise GadbenchError(f"{src}: no {SPLIT_CSV}; point --src at the VisA folder that holds split_csv/ and the categories")
     table = read_visa_original(src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_directory(out) as staging:
         for record in table.to_dict("records"):
             image = Path(record["path"])
             kind = "good" if record["label"] == 0 else DEFECT
@@ -41,10 +38,4 @@ def prepare_visa(src: Path, out: Path) -> dict:
         counts = table.groupby(["split", "label"]).size().rename(lambda x: str(x)).to_dict()
         (staging / "PREPARED.json").write_text(json.dumps({"source": str(src.resolve()), "split": "1cls",
                                                            "images": len(table), "counts": {str(k): v for k, v in counts.items()}}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"images": len(table)}
