@@ -38,12 +38,14 @@ from benchmark.images import file_sha256, load_image, load_mask
 from benchmark.preprocessing import Preprocessing
 from benchmark.training import load_checkpoint, resumable_epochs, save_atomic
 
+TRAINER_VERSION = 2  # in the checkpoint identity; 2: initial weights from the training seed
 TRAINING_KEYS = {"epochs", "first_stage_epochs", "batch_size", "learning_rate", "weight_decay", "milestones",
                  "flow_rows_per_step", "train_reference_shot", "margin", "seed"}
 
 
 class ResADAdapter(Adapter):
     name = "resad"
+    version = TRAINER_VERSION
     supports = (NORMAL,)
     trains_on_source = True
     default_config = {
@@ -95,14 +97,15 @@ class ResADAdapter(Adapter):
         training = self.config["training"]
         table = source.table
         identity = {"config": {k: v for k, v in self.config.items() if k != "blur_sigma"},
-                    "images": sorted(file_sha256(p) for p in table.path), "weights": self.backbone.weights_sha256}
+                    "images": sorted(file_sha256(p) for p in table.path), "weights": self.backbone.weights_sha256,
+                    "trainer_version": TRAINER_VERSION}
         digest = config_hash(identity)
         folder = Path(workdir) / f"all-k-{digest}"
         final = folder / "model.pt"
         channels = [level.shape[1] for level in self.levels(self._batch(table.iloc[:1], source.mask_threshold)[0])]
         if not final.exists():
+            torch.manual_seed(training["seed"])  # the initial weights come from the training seed alone
             model = ResADModel(channels, self.config["coupling_layers"], self.config["clamp"], self.config["position_dim"]).to(self.context.device)
-            torch.manual_seed(training["seed"])
             rng = np.random.default_rng(training["seed"])
             constraint_optimizer = torch.optim.Adam(model.constraintor.parameters(), lr=training["learning_rate"], weight_decay=training["weight_decay"])
             flow_optimizer = torch.optim.Adam(model.flows.parameters(), lr=training["learning_rate"], weight_decay=training["weight_decay"])

@@ -82,6 +82,8 @@ class Adapter:
     """Base class for every method. Subclasses set the class attributes and override the hooks."""
 
     name: ClassVar[str] = "adapter"
+    # part of every cell's key: bump it when the method's results change without a config change
+    version: ClassVar[int] = 1
     supports: ClassVar[tuple[str, ...]] = (NORMAL,)
     trains_on_source: ClassVar[bool] = False
     pixel_level: ClassVar[bool] = True

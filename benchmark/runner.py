@@ -59,28 +59,27 @@ def make_deterministic(device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def load_batch(rows: pd.DataFrame, preprocessing: Preprocessing, mask_threshold: int, with_masks: bool = False):
-    """Read and preprocess images (and masks in model space for references)."""
+def load_batch(rows: pd.DataFrame, preprocessing: Preprocessing) -> ImageBatch:
+    """Read and preprocess images; keys are content hashes (for feature caches)."""
     records = rows.to_dict("records")
-    images, sizes, keys, masks = [], [], [], []
+    images, sizes, keys = [], [], []
     for record in records:
         pil = load_image(record["path"])
         images.append(preprocessing.image(pil))
         sizes.append((pil.height, pil.width))
         keys.append(f"{file_sha256(record['path'])}:{preprocessing.key}")
-        if with_masks:
-            masks.append(preprocessing.mask(load_mask(record["mask"], sizes[-1], mask_threshold)))
     stacked = torch.stack(images) if images else torch.zeros(0, 3, preprocessing.size, preprocessing.size)
-    if with_masks:
-        return ReferenceSet(stacked, keys, sizes, records, torch.stack(masks))
     return ImageBatch(stacked, keys, sizes, records)
 
 
 def load_references(rows: pd.DataFrame, preprocessing: Preprocessing, mask_threshold: int, with_masks: bool) -> ReferenceSet:
-    batch = load_batch(rows, preprocessing, mask_threshold, with_masks)
-    if isinstance(batch, ReferenceSet):
-        return batch
-    return ReferenceSet(batch.images, batch.keys, batch.original_sizes, batch.samples)
+    """References; abnormal ones also carry their masks, through the same geometry as the images."""
+    batch = load_batch(rows, preprocessing)
+    masks = None
+    if with_masks:
+        masks = torch.stack([preprocessing.mask(load_mask(r["mask"], size, mask_threshold))
+                             for r, size in zip(batch.samples, batch.original_sizes)])
+    return ReferenceSet(batch.images, batch.keys, batch.original_sizes, batch.samples, masks)
 
 
 @dataclass
@@ -119,7 +118,7 @@ class Runner:
     def cell_key(self, cell: Cell) -> str:
         spec: DatasetSpec = self.experiment.datasets[cell.target]
         return config_hash({
-            "method": cell.method.hash, "source": cell.source,
+            "method": cell.method.hash, "adapter_version": registry.resolve(cell.method.adapter).version, "source": cell.source,
             "target": [spec.layout, str(spec.root), spec.options, spec.mask_threshold, spec.max_per_group],
             "categories": self.experiment.categories.get(cell.target), "protocol": self.experiment.protocol,
             "protocol_options": self.experiment.protocol_options, "setting": cell.setting.label, "seed": cell.seed,
@@ -242,7 +241,7 @@ class Runner:
                 for begin in tqdm(range(0, len(queries), self.batch_size), desc=category, unit="batch", leave=False,
                                   disable=not self.show_progress):
                     rows = queries.iloc[begin:begin + self.batch_size]
-                    batch = load_batch(rows, preprocessing, spec.mask_threshold)
+                    batch = load_batch(rows, preprocessing)
                     prediction = adapter.predict(batch)
                     scores.extend(np.asarray(prediction.image_scores, dtype=np.float64).tolist())
                     labels.extend(rows.label.tolist())

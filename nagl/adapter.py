@@ -23,12 +23,16 @@ from nagl.model import NAGL, downsample_mask
 from nagl.similarity import flatten_patches
 from nagl.train import EpisodeBank, TrainConfig, run_episodes, sample_episode, train
 
+# Part of every checkpoint's identity: bump when training changes in a way the config does not show
+# (2: the model is initialised from the training seed, not from whatever ran before in the process).
+TRAINER_VERSION = 2
 TRAINING_KEYS = {"epochs", "episodes_per_epoch", "batch_size", "learning_rate", "milestones", "gamma", "seed",
                  "image_loss", "pixel_loss_weight", "checkpoint_policy", "selection_start_epoch"}
 
 
 class NAGLAdapter(Adapter):
     name = "nagl"
+    version = TRAINER_VERSION
     supports = (NORMAL_ABNORMAL,)
     trains_on_source = True
     default_config = {
@@ -107,7 +111,7 @@ class NAGLAdapter(Adapter):
         config = self.train_config(k)
         tests = source.table[source.table.split == "test"]
         identity = {"config": {key: value for key, value in self.config.items() if key not in ("blur_sigma", "top_percent")},
-                    "k": k, "source_images": sorted(file_sha256(p) for p in tests.path),
+                    "k": k, "source_images": sorted(file_sha256(p) for p in tests.path), "trainer_version": TRAINER_VERSION,
                     "weights": self.backbone.weights_sha256}
         if config.checkpoint_policy == "official-target-selected":
             identity["target_images"] = sorted(file_sha256(p) for p in target.table[target.table.split == "test"].path)
@@ -116,6 +120,7 @@ class NAGLAdapter(Adapter):
         final = folder / "model.pt"
         if not final.exists():
             bank = self.episode_bank(source)
+            torch.manual_seed(config.seed)  # the initial weights come from the training seed alone
             model = self.build_model(bank.features.shape[-1])
             select = None
             if config.checkpoint_policy == "official-target-selected":

@@ -75,3 +75,28 @@ def test_ablation_i_with_an_abnormal_reference_equals_normal_nn_without(tmp_path
     assert main(["run", "--experiment", str(experiment), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
     cells = {p.parent.parent.parent.name: json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").rglob("*.json")}
     assert cells["abl_normal"]["metrics"] == cells["nn"]["metrics"]
+
+
+def test_training_does_not_depend_on_what_ran_before_in_the_process(tmp_path, synthetic_root):
+    """The model's initial weights come from the training seed, not from the global RNG state that
+    earlier cells (a coreset draw, another model) left behind."""
+    import torch
+
+    from benchmark.adapter import Domain, RunContext
+    from benchmark.datasets.mvtec import read_mvtec
+    from benchmark.features import FeatureService
+    from benchmark.references import parse_setting
+    from benchmark.weights import WeightStore
+    from nagl.adapter import NAGLAdapter
+
+    domain = Domain("objects", read_mvtec(synthetic_root / "objects"))
+    weights = []
+    for run, noise in enumerate((0, 12345)):
+        torch.manual_seed(noise)
+        torch.rand(noise % 97 + 1)  # earlier work consumed random numbers
+        store = WeightStore(tmp_path / "w")
+        context = RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path)
+        adapter = NAGLAdapter(NAGL_TINY["config"], context)
+        path = adapter.fit_source(domain, 0, tmp_path / f"run{run}", setting=parse_setting("N1+A1"))
+        weights.append(torch.load(path, weights_only=True)["state_dict"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -74,3 +74,17 @@ def test_vit_backbone_gives_a_patch_grid_without_prefix_tokens():
         features = handle.module(torch.zeros(1, 3, 448, 448))[0]
     assert features.shape == (1, 384, 32, 32)
     assert handle.describe()["random_weights"] is True
+
+
+def test_a_dinov2_release_style_checkpoint_loads_into_the_448_model(tmp_path):
+    """The official dinov2_vits14_pretrain.pth has a 37x37 (518 px) position grid and a mask token;
+    timm's filter resamples the grid to 32x32 (448 px) and drops what the model lacks."""
+    release = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, num_classes=0).state_dict()
+    release["mask_token"] = torch.zeros(1, 384)
+    assert release["pos_embed"].shape == (1, 1 + 37 * 37, 384)
+    torch.save(release, tmp_path / "dinov2_vits14_pretrain.pth")
+    handle = build_backbone("dinov2_vits14", WeightStore(tmp_path), input_size=448)
+    with torch.no_grad():
+        features = handle.module(torch.zeros(1, 3, 448, 448))[0]
+    assert features.shape == (1, 384, 32, 32)
+    assert torch.equal(handle.module.model.blocks[3].attn.qkv.weight, release["blocks.3.attn.qkv.weight"])
