@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from benchmark.adapter import NORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
-from benchmark.config import backbone_entry
 from benchmark.maps import to_image_maps
 from benchmark.preprocessing import Preprocessing
 from nagl.similarity import flatten_patches, normal_similarity, top_percent_mean
@@ -20,9 +19,8 @@ class NormalNNAdapter(Adapter):
                       "allow_random_weights": False}
 
     def preprocessing(self) -> Preprocessing:
-        entry = backbone_entry(self.config["backbone"])
-        return Preprocessing(size=self.config["input_size"], resize="squash", interpolation="bicubic",
-                             mean=tuple(entry["mean"]), std=tuple(entry["std"]))
+        return Preprocessing.for_backbone(self.config["backbone"], self.config["input_size"], resize="squash",
+                                          interpolation="bicubic")
 
     @property
     def backbone(self):

@@ -28,7 +28,6 @@ from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from benchmark.adapter import NORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
-from benchmark.config import backbone_entry
 from benchmark.errors import GadbenchError
 from benchmark.preprocessing import Preprocessing
 
@@ -86,9 +85,8 @@ class PatchCoreAdapter(Adapter):
         self.memory_bank: torch.Tensor | None = None
 
     def preprocessing(self) -> Preprocessing:
-        entry = backbone_entry(self.config["backbone"])
-        return Preprocessing(size=self.config["crop"], resize="shorter", resize_to=self.config["resize"],
-                             interpolation="bilinear", mean=tuple(entry["mean"]), std=tuple(entry["std"]))
+        return Preprocessing.for_backbone(self.config["backbone"], self.config["crop"], resize="shorter",
+                                          resize_to=self.config["resize"], interpolation="bilinear")
 
     @property
     def backbone(self):

@@ -32,7 +32,7 @@ from scipy.ndimage import gaussian_filter
 
 from baselines.resad_model import ResADModel, position_encoding, shell_barrier_loss, squared_residuals
 from benchmark.adapter import NORMAL, Adapter, Domain, ImageBatch, Prediction, ReferenceSet
-from benchmark.config import backbone_entry, config_hash
+from benchmark.config import config_hash
 from benchmark.errors import GadbenchError
 from benchmark.images import file_sha256, load_image, load_mask
 from benchmark.preprocessing import Preprocessing
@@ -68,10 +68,9 @@ class ResADAdapter(Adapter):
         self.model: ResADModel | None = None
 
     def preprocessing(self) -> Preprocessing:
-        entry = backbone_entry(self.config["backbone"])
         size = self.config["image_size"]
-        return Preprocessing(size=size, resize="shorter", resize_to=size, interpolation="bicubic",
-                             mean=tuple(entry["mean"]), std=tuple(entry["std"]))
+        return Preprocessing.for_backbone(self.config["backbone"], size, resize="shorter", resize_to=size,
+                                          interpolation="bicubic")
 
     @property
     def backbone(self):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from benchmark.adapter import NORMAL_ABNORMAL, Adapter, Domain, ImageBatch, Prediction, ReferenceSet
-from benchmark.config import backbone_entry, config_hash
+from benchmark.config import config_hash
 from benchmark.errors import GadbenchError
 from benchmark.images import file_sha256, load_image, load_mask
 from benchmark.maps import to_image_maps
@@ -58,9 +58,8 @@ class NAGLAdapter(Adapter):
 
     # ------------------------------------------------------------------ shared pieces
     def preprocessing(self) -> Preprocessing:
-        entry = backbone_entry(self.config["backbone"])
-        return Preprocessing(size=self.config["input_size"], resize="squash", interpolation="bicubic",
-                             mean=tuple(entry["mean"]), std=tuple(entry["std"]))
+        return Preprocessing.for_backbone(self.config["backbone"], self.config["input_size"], resize="squash",
+                                          interpolation="bicubic")
 
     @property
     def backbone(self):
