@@ -32,9 +32,10 @@ from scipy.ndimage import gaussian_filter
 
 from baselines.resad_model import ResADModel, position_encoding, shell_barrier_loss, squared_residuals
 from benchmark.adapter import NORMAL, Adapter, Domain, ImageBatch, Prediction, ReferenceSet
+from benchmark.batches import load_batch
 from benchmark.config import config_hash
 from benchmark.errors import GadbenchError
-from benchmark.images import file_sha256, load_image, load_mask
+from benchmark.images import file_sha256, load_mask
 from benchmark.preprocessing import Preprocessing
 from benchmark.training import load_checkpoint, resumable_epochs, save_atomic
 
@@ -66,6 +67,7 @@ class ResADAdapter(Adapter):
         super().__init__(config, context)
         self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         self.model: ResADModel | None = None
+        self._masks: dict[str, torch.Tensor] = {}
 
     def preprocessing(self) -> Preprocessing:
         size = self.config["image_size"]
@@ -81,15 +83,13 @@ class ResADAdapter(Adapter):
         return self.context.features.extract_layers(self.backbone, batch)
 
     def _batch(self, rows: pd.DataFrame, mask_threshold: int) -> tuple[ImageBatch, torch.Tensor]:
-        preprocessing = self.preprocessing()
-        images, keys, sizes, masks = [], [], [], []
-        for row in rows.to_dict("records"):
-            pil = load_image(row["path"])
-            images.append(preprocessing.image(pil))
-            keys.append(f"{file_sha256(row['path'])}:{preprocessing.key}")
-            sizes.append((pil.height, pil.width))
-            masks.append(preprocessing.mask(load_mask(row["mask"], sizes[-1], mask_threshold)))
-        return ImageBatch(torch.stack(images), keys, sizes, rows.to_dict("records")), torch.stack(masks)
+        """Images (decoded only on a feature-cache miss) and their model-space masks, which are
+        kept for the adapter's life: training reads every mask once per epoch."""
+        batch = load_batch(rows, self.preprocessing())
+        for record, size in zip(batch.samples, batch.original_sizes):
+            if record["path"] not in self._masks:
+                self._masks[record["path"]] = self.preprocessing().mask(load_mask(record.get("mask"), size, mask_threshold))
+        return batch, torch.stack([self._masks[r["path"]] for r in batch.samples])
 
     # ------------------------------------------------------------------ training
     def fit_source(self, source: Domain, seed: int, workdir: Path, setting=None, target: Domain | None = None) -> Path:

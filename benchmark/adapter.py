@@ -23,30 +23,47 @@ NORMAL_ABNORMAL = "normal+abnormal"  # N^k+A^j: k normal plus j abnormal referen
 ZERO_SHOT = "zero-shot"
 
 
-@dataclass
 class ImageBatch:
     """Preprocessed images with what the runner knows about them.
 
-    images: [B, 3, H, W] float tensor after the adapter's preprocessing.
+    images: [B, 3, H, W] float tensor after the adapter's preprocessing. It may be given as a
+        zero-argument callable: the pixels are then decoded on first access only, so a batch whose
+        features all come from the feature cache never decodes an image.
     keys: one content key per image (image sha256 + preprocessing) for feature caches.
     original_sizes: (height, width) of each image as stored on disk; maps are scored there.
     samples: the rows of the sample table (path, category, split, label, defect, mask).
     """
 
-    images: torch.Tensor
-    keys: list[str]
-    original_sizes: list[tuple[int, int]]
-    samples: list[dict]
+    def __init__(self, images, keys: list[str], original_sizes: list[tuple[int, int]], samples: list[dict]):
+        self._images = images
+        self.keys, self.original_sizes, self.samples = list(keys), list(original_sizes), list(samples)
+
+    @property
+    def images(self) -> torch.Tensor:
+        if callable(self._images):
+            self._images = self._images()
+        return self._images
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the pixels have been loaded (tests and benchmarks check the cache with it)."""
+        return not callable(self._images)
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
-@dataclass
 class ReferenceSet(ImageBatch):
     """Reference images; abnormal references also carry their masks in model space [n, H, W]."""
 
-    masks: torch.Tensor | None = None
+    def __init__(self, images, keys, original_sizes, samples, masks: torch.Tensor | None = None):
+        super().__init__(images, keys, original_sizes, samples)
+        self.masks = masks
+
+    @classmethod
+    def from_batch(cls, batch: ImageBatch, masks: torch.Tensor | None = None) -> "ReferenceSet":
+        """The same images (decoded or not) as references."""
+        return cls(batch._images, batch.keys, batch.original_sizes, batch.samples, masks)
 
 
 @dataclass

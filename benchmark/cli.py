@@ -1,8 +1,9 @@
-"""`gadbench` command line: run | tables | refs | list | weights | prepare."""
+"""`gadbench` command line: run | tables | refs | check | list | weights | prepare | cache."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,13 @@ def _experiment(args):
     return load_experiment(args.experiment, args.data_root, args.adapter, args.method)
 
 
+def cache_dir(args) -> Path | None:
+    """--cache-dir, else $GADBENCH_CACHE_DIR, else <results>/cache/features; None with --no-feature-cache."""
+    if getattr(args, "no_feature_cache", False):
+        return None
+    return Path(args.cache_dir or os.environ.get("GADBENCH_CACHE_DIR") or Path(args.results) / "cache" / "features")
+
+
 def cmd_run(args) -> int:
     from benchmark.runner import Runner, pick_device
     from benchmark.weights import WeightStore
@@ -35,11 +43,31 @@ def cmd_run(args) -> int:
     experiment = _experiment(args)
     runner = Runner(experiment, Path(args.results), pick_device(args.device),
                     WeightStore(args.weights_dir, args.allow_download), batch_size=args.batch_size,
-                    show_progress=not args.no_progress, debug=args.debug)
+                    show_progress=not args.no_progress, debug=args.debug, cache_dir=cache_dir(args))
     summary = runner.run()
     print(f"{experiment.name}: {summary['total']} cells: {summary['already_done']} already done, "
           f"{summary['done']} run, {summary['skipped']} skipped, {summary['failed']} failed")
     return 1 if summary["failed"] else 0
+
+
+def cmd_cache(args) -> int:
+    from tabulate import tabulate
+
+    from benchmark.feature_cache import DiskFeatureCache
+
+    cache = DiskFeatureCache(cache_dir(args))
+    if args.action == "clear":
+        print(f"removed {cache.clear()} cached feature files from {cache.root}")
+        return 0
+    rows = cache.info()
+    if not rows:
+        print(f"{cache.root}: empty")
+        return 0
+    print(f"{cache.root}")
+    print(tabulate([[r["backbone"], r["entries"], f"{r['bytes'] / 2**20:.1f}", r["temporary_files"]] for r in rows],
+                   headers=["backbone", "entries", "MiB", "temporary files"]))
+    print(f"total: {sum(r['entries'] for r in rows)} entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB")
+    return 0
 
 
 def cmd_tables(args) -> int:
@@ -104,7 +132,6 @@ def cmd_weights(args) -> int:
 
     from benchmark import registry
     from benchmark.adapter import RunContext
-    from benchmark.config import load_yaml
     from benchmark.experiment import load_method
     from benchmark.weights import WeightStore
 
@@ -161,7 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-download", action="store_true", help="let missing weights be downloaded (needs internet)")
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--cache-dir", help="feature cache folder (default: $GADBENCH_CACHE_DIR, else <results>/cache/features)")
+    run.add_argument("--no-feature-cache", action="store_true", help="keep backbone features in memory only")
     run.set_defaults(func=cmd_run)
+
+    cache = sub.add_parser("cache", help="the on-disk feature cache: what it holds, or empty it")
+    cache.add_argument("action", choices=["info", "clear"])
+    cache.add_argument("--results", default=str(DEFAULT_RESULTS))
+    cache.add_argument("--cache-dir", help="default: $GADBENCH_CACHE_DIR, else <results>/cache/features")
+    cache.set_defaults(func=cmd_cache)
 
     tables = sub.add_parser("tables", help="write results/tables from the cell files")
     _common(tables)

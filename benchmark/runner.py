@@ -20,15 +20,16 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark import registry
-from benchmark.adapter import Domain, ImageBatch, ReferenceSet, RunContext
+from benchmark.adapter import Domain, RunContext
+from benchmark.batches import load_batch, load_references, original_masks
 from benchmark.config import config_hash
 from benchmark.datasets import DatasetSpec, check_category, read_dataset
 from benchmark.errors import GadbenchError, MissingWeights
 from benchmark.experiment import Cell, Experiment
+from benchmark.feature_cache import DiskFeatureCache
 from benchmark.features import FeatureService
-from benchmark.images import file_sha256, load_image, load_mask
+from benchmark.images import file_sha256
 from benchmark.metrics import METRIC_NAMES, image_metrics, pixel_metrics
-from benchmark.preprocessing import Preprocessing
 from benchmark.provenance import git_state, package_versions
 from benchmark.references import ensure_manifest, plan_category
 from benchmark.results import DONE, FAILED, SKIPPED, cell_path, read_cell, write_json_atomic
@@ -59,29 +60,6 @@ def make_deterministic(device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def load_batch(rows: pd.DataFrame, preprocessing: Preprocessing) -> ImageBatch:
-    """Read and preprocess images; keys are content hashes (for feature caches)."""
-    records = rows.to_dict("records")
-    images, sizes, keys = [], [], []
-    for record in records:
-        pil = load_image(record["path"])
-        images.append(preprocessing.image(pil))
-        sizes.append((pil.height, pil.width))
-        keys.append(f"{file_sha256(record['path'])}:{preprocessing.key}")
-    stacked = torch.stack(images) if images else torch.zeros(0, 3, preprocessing.size, preprocessing.size)
-    return ImageBatch(stacked, keys, sizes, records)
-
-
-def load_references(rows: pd.DataFrame, preprocessing: Preprocessing, mask_threshold: int, with_masks: bool) -> ReferenceSet:
-    """References; abnormal ones also carry their masks, through the same geometry as the images."""
-    batch = load_batch(rows, preprocessing)
-    masks = None
-    if with_masks:
-        masks = torch.stack([preprocessing.mask(load_mask(r["mask"], size, mask_threshold))
-                             for r, size in zip(batch.samples, batch.original_sizes)])
-    return ReferenceSet(batch.images, batch.keys, batch.original_sizes, batch.samples, masks)
-
-
 @dataclass
 class Runner:
     experiment: Experiment
@@ -91,10 +69,13 @@ class Runner:
     batch_size: int = 8
     show_progress: bool = True
     debug: bool = False
+    # the disk tier of the feature cache; None keeps features in memory only
+    cache_dir: Path | None = None
 
     def __post_init__(self):
         self.results_root = Path(self.results_root)
-        self.features = FeatureService(self.weights, self.device)
+        disk = DiskFeatureCache(self.cache_dir) if self.cache_dir is not None else None
+        self.features = FeatureService(self.weights, self.device, disk=disk)
         self._tables: dict[str, pd.DataFrame] = {}
         make_deterministic(self.device)
 
@@ -246,9 +227,8 @@ class Runner:
                     scores.extend(np.asarray(prediction.image_scores, dtype=np.float64).tolist())
                     labels.extend(rows.label.tolist())
                     if adapter.pixel_level and prediction.anomaly_maps is not None:
-                        for record, size, amap in zip(batch.samples, batch.original_sizes, prediction.anomaly_maps):
-                            masks.append(load_mask(record["mask"], size, spec.mask_threshold))
-                            maps.append(np.asarray(amap, dtype=np.float32))
+                        masks.extend(original_masks(batch, spec.mask_threshold))
+                        maps.extend(np.asarray(amap, dtype=np.float32) for amap in prediction.anomaly_maps)
             predict_seconds += time.time() - start
             images_scored += len(labels)
             metrics = image_metrics(labels, scores)

@@ -15,7 +15,8 @@ import torch
 from benchmark.adapter import NORMAL_ABNORMAL, Adapter, Domain, ImageBatch, Prediction, ReferenceSet
 from benchmark.config import config_hash
 from benchmark.errors import GadbenchError
-from benchmark.images import file_sha256, load_image, load_mask
+from benchmark.batches import load_batch, model_space_masks
+from benchmark.images import file_sha256
 from benchmark.maps import to_image_maps
 from benchmark.metrics import image_metrics, pixel_metrics
 from benchmark.preprocessing import Preprocessing
@@ -87,15 +88,9 @@ class NAGLAdapter(Adapter):
         preprocessing = self.preprocessing()
         features, pixel_masks, grid = [], [], None
         for start in range(0, len(tests), chunk):
-            rows = tests.iloc[start:start + chunk].to_dict("records")
-            images, keys, sizes = [], [], []
-            for row in rows:
-                pil = load_image(row["path"])
-                images.append(preprocessing.image(pil))
-                keys.append(f"{file_sha256(row['path'])}:{preprocessing.key}")
-                sizes.append((pil.height, pil.width))
-                pixel_masks.append(preprocessing.mask(load_mask(row["mask"], sizes[-1], domain.mask_threshold)).bool())
-            tokens, grid = self.features(ImageBatch(torch.stack(images), keys, sizes, rows))
+            batch = load_batch(tests.iloc[start:start + chunk], preprocessing)
+            pixel_masks.extend(model_space_masks(batch, preprocessing, domain.mask_threshold).bool())
+            tokens, grid = self.features(batch)
             features.append(tokens.cpu())
         pixel_masks = torch.stack(pixel_masks)
         patch_masks = downsample_mask(pixel_masks, grid, self.config["mask_downsample"])

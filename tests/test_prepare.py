@@ -13,7 +13,6 @@ from benchmark.cli import main
 from benchmark.datasets.elpv import read_elpv
 from benchmark.datasets.mvtec import read_mvtec
 from benchmark.datasets.visa import read_visa
-from benchmark.errors import GadbenchError
 from benchmark.images import image_size, load_mask
 from test_datasets import make_visa_original
 

@@ -10,10 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from benchmark.cli import main

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from baselines.resad import ResADAdapter
-from baselines.resad_model import ResADModel, position_encoding, shell_barrier_loss, squared_residuals
+from baselines.resad_model import position_encoding, shell_barrier_loss, squared_residuals
 from benchmark.adapter import Domain, ImageBatch, ReferenceSet, RunContext
 from benchmark.datasets.mvtec import read_mvtec
 from benchmark.features import FeatureService

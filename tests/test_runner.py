@@ -12,7 +12,6 @@ from benchmark import registry
 from benchmark.cli import main
 from benchmark.errors import GadbenchError
 from benchmark.experiment import load_experiment
-from benchmark.runner import Runner
 from conftest import write_experiment
 
 PROJECT = Path(__file__).resolve().parents[1]
