@@ -88,3 +88,15 @@ def test_aupro_is_one_for_a_perfect_map_and_never_exceeds_one(rng):
 def test_pixel_metrics_reject_size_mismatch(rng):
     with pytest.raises(ValueError, match="differ in size"):
         pixel_metrics([np.zeros((4, 4), bool)], [np.zeros((5, 4))])
+
+
+def test_a_nan_score_is_an_error_not_a_silent_rank():
+    with pytest.raises(ValueError, match="NaN"):
+        image_metrics([0, 1, 1], [0.1, np.nan, 0.3])
+
+
+def test_float32_maps_give_the_float64_values(rng):
+    masks, maps = _masks_and_maps(rng)
+    as32 = pixel_metrics(masks, [m.astype(np.float32) for m in maps])
+    as64 = pixel_metrics(masks, [m.astype(np.float32).astype(np.float64) for m in maps])
+    assert as32 == pytest.approx(as64, abs=1e-12)
