@@ -44,7 +44,12 @@ def cmd_run(args) -> int:
     runner = Runner(experiment, Path(args.results), pick_device(args.device),
                     WeightStore(args.weights_dir, args.allow_download), batch_size=args.batch_size,
                     show_progress=not args.no_progress, debug=args.debug, cache_dir=cache_dir(args))
-    summary = runner.run()
+    if args.backend == "dask" and not args.scheduler:
+        raise GadbenchError("--backend dask needs --scheduler ADDRESS (e.g. tcp://10.0.0.5:8786); see docs/reproducing.md")
+    if args.jobs < 1:
+        raise GadbenchError(f"--jobs {args.jobs}: give 1 or more local processes")
+    summary = runner.run(jobs=args.jobs, scheduler=args.scheduler if args.backend == "dask" else None,
+                         threads_per_job=args.threads_per_job)
     print(f"{experiment.name}: {summary['total']} cells: {summary['already_done']} already done, "
           f"{summary['done']} run, {summary['skipped']} skipped, {summary['failed']} failed")
     return 1 if summary["failed"] else 0
@@ -190,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--cache-dir", help="feature cache folder (default: $GADBENCH_CACHE_DIR, else <results>/cache/features)")
     run.add_argument("--no-feature-cache", action="store_true", help="keep backbone features in memory only")
+    run.add_argument("--jobs", "-j", type=int, default=1, help="local worker processes (joblib); cells sharing a trained model stay together")
+    run.add_argument("--backend", choices=["local", "dask"], default="local", help="dask: send cell groups to --scheduler")
+    run.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (with --backend dask)")
+    run.add_argument("--threads-per-job", type=int, help="torch threads in each worker (default: this process's; "
+                     "CPU results are bit-identical only for equal thread counts)")
     run.set_defaults(func=cmd_run)
 
     cache = sub.add_parser("cache", help="the on-disk feature cache: what it holds, or empty it")

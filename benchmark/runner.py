@@ -142,18 +142,47 @@ class Runner:
                 removed += 1
         return removed
 
-    def run(self, cells: list[Cell] | None = None) -> dict:
+    def run(self, cells: list[Cell] | None = None, jobs: int = 1, scheduler: str | None = None,
+            threads_per_job: int | None = None) -> dict:
+        """Run what is left of the grid: in this process, in `jobs` local processes, or on the Dask
+        scheduler at `scheduler` (benchmark/parallel.py). Workers use this process's torch thread
+        count unless `threads_per_job` says otherwise: CPU results are bit-identical only for equal
+        thread counts (docs/reliability.md), and every cell records its count."""
         cells = self.experiment.cells() if cells is None else cells
         self.sweep_temporary_files()
         self.preflight(cells)
         todo = [c for c in cells if not self.is_finished(c)]
         summary = {"total": len(cells), "already_done": len(cells) - len(todo), DONE: 0, FAILED: 0, SKIPPED: 0}
-        bar = tqdm(todo, desc="cells", unit="cell", disable=not self.show_progress)
-        for cell in bar:
-            bar.set_postfix_str(cell.id)
-            result = self.run_cell(cell)
-            summary[result["status"]] += 1
+        if todo and (jobs > 1 or scheduler):
+            statuses = self._run_elsewhere(todo, jobs, scheduler, threads_per_job or torch.get_num_threads())
+        else:
+            statuses = []
+            bar = tqdm(todo, desc="cells", unit="cell", disable=not self.show_progress)
+            for cell in bar:
+                bar.set_postfix_str(cell.id)
+                statuses.append((cell.id, self.run_cell(cell)["status"]))
+        for _, status in statuses:
+            summary[status] += 1
         return summary
+
+    def _run_elsewhere(self, todo: list[Cell], jobs: int, scheduler: str | None, threads: int) -> list[tuple[str, str]]:
+        from benchmark import parallel
+
+        spec = parallel.WorkerSpec(
+            experiment=self.experiment, results=str(self.results_root.resolve()), device=str(self.device),
+            weights_dir=str(self.weights.dir), allow_download=self.weights.allow_download, batch_size=self.batch_size,
+            cache_dir=str(Path(self.cache_dir).resolve()) if self.cache_dir is not None else None, cwd=os.getcwd(),
+            threads=threads)
+        groups = parallel.group_cells(todo)
+        if scheduler:
+            statuses = parallel.run_dask(spec, groups, scheduler)
+        else:
+            statuses = parallel.run_joblib(spec, groups, jobs)
+        for cell_id, status in statuses:
+            if status != DONE:
+                record = read_cell(self.path(next(c for c in todo if c.id == cell_id)))
+                tqdm.write(f"{status}: {cell_id}: {record.get('reason') or record.get('error')}", file=sys.stderr)
+        return statuses
 
     # ------------------------------------------------------------------ one cell
     def run_cell(self, cell: Cell) -> dict:
@@ -165,6 +194,7 @@ class Runner:
                   "protocol_options": self.experiment.protocol_options,
                   "provenance": {**git_state(), "packages": package_versions(), "method_config": cell.method.config,
                                  "method_config_hash": cell.method.hash, "device": str(self.device),
+                                 "torch_threads": torch.get_num_threads(),
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}}
         counters_before = self.features.counters()
         try:

@@ -1,0 +1,92 @@
+"""The disk tier of the feature cache: shared across runs and processes, safe under concurrent writes."""
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import torch
+
+from benchmark.batches import load_batch
+from benchmark.cli import main
+from benchmark.feature_cache import DiskFeatureCache
+from benchmark.features import FeatureService
+from benchmark.preprocessing import Preprocessing
+from benchmark.weights import WeightStore
+from conftest import write_experiment
+
+
+def _cells(results):
+    return [json.loads(p.read_text()) for p in sorted((results / "runs").rglob("*.json"))]
+
+
+def test_a_second_run_of_the_grid_reports_only_cache_hits_and_equal_metrics(tmp_path, synthetic_root, capsys):
+    experiment = write_experiment(tmp_path / "tiny.yaml", synthetic_root, settings=["N1"], seeds=[0, 1])
+    cache = tmp_path / "cache"
+    for results in ("first", "second"):  # two results folders: the second run recomputes every cell
+        assert main(["run", "-e", str(experiment), "--results", str(tmp_path / results), "--cache-dir", str(cache),
+                     "--no-progress"]) == 0
+    first, second = _cells(tmp_path / "first"), _cells(tmp_path / "second")
+    assert sum(c["provenance"]["feature_cache_misses"] for c in first) > 0
+    assert all(c["provenance"]["feature_cache_misses"] == 0 for c in second)
+    assert all(c["provenance"]["feature_cache_disk_hits"] > 0 for c in second[:1])  # a new process starts from disk
+    assert [c["metrics"] for c in first] == [c["metrics"] for c in second]
+
+    capsys.readouterr()
+    assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "lite0_imagenet@" in out and "total:" in out
+    assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert not cache.exists()
+
+
+def test_cached_features_are_served_without_decoding_the_images(tmp_path, synthetic_root):
+    rows = [{"path": str(p)} for p in sorted((synthetic_root / "objects").rglob("train/good/*.png"))[:3]]
+    preprocessing = Preprocessing(size=64)
+    store = WeightStore(tmp_path / "no-weights")
+    service = FeatureService(store, torch.device("cpu"), disk=DiskFeatureCache(tmp_path / "cache"))
+    handle = service.backbone("lite0_imagenet", 64)
+    computed = service.extract(handle, load_batch(rows, preprocessing))
+    fresh = FeatureService(store, torch.device("cpu"), disk=DiskFeatureCache(tmp_path / "cache"))
+    batch = load_batch(rows, preprocessing)
+    served = fresh.extract(fresh.backbone("lite0_imagenet", 64), batch)
+    assert torch.equal(computed, served)
+    assert not batch.decoded  # every feature came from disk
+    assert fresh.counters()["feature_cache_disk_hits"] == 3 and fresh.counters()["feature_cache_misses"] == 0
+
+
+def test_the_memory_tier_evicts_the_least_recently_used(tmp_path, synthetic_root):
+    rows = [{"path": str(p)} for p in sorted((synthetic_root / "objects").rglob("train/good/*.png"))[:3]]
+    service = FeatureService(WeightStore(tmp_path), torch.device("cpu"), memory_bytes=0)
+    handle = service.backbone("lite0_imagenet", 64)
+    for _ in range(2):
+        service.extract(handle, load_batch(rows, Preprocessing(size=64)))
+    assert service.counters()["feature_cache_misses"] == 6  # nothing fits in 0 bytes: no caching at all
+
+
+def _write_many(args):
+    root, value = args
+    cache = DiskFeatureCache(root)
+    for _ in range(30):
+        cache.put("backbone@x", "image:prep", [torch.full((8, 4, 4), float(value))])
+    return True
+
+
+def test_two_processes_writing_one_entry_leave_a_whole_file(tmp_path):
+    with ProcessPoolExecutor(2) as pool:
+        assert all(pool.map(_write_many, [(tmp_path, 1), (tmp_path, 2)]))
+    levels = DiskFeatureCache(tmp_path).get("backbone@x", "image:prep")
+    assert levels is not None and levels[0].shape == (8, 4, 4) and levels[0].unique().numel() == 1
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_unreadable_entry_is_a_miss_not_an_error(tmp_path):
+    cache = DiskFeatureCache(tmp_path)
+    cache.put("b", "k", [torch.zeros(2)])
+    cache.path("b", "k").write_bytes(b"not a torch file")
+    assert cache.get("b", "k") is None
+
+
+@pytest.mark.parametrize("action", ["info", "clear"])
+def test_cache_commands_on_an_empty_folder(tmp_path, action, capsys):
+    assert main(["cache", action, "--cache-dir", str(tmp_path / "none")]) == 0
+    assert str(tmp_path / "none") in capsys.readouterr().out
