@@ -1,4 +1,4 @@
-"""`gadbench` command line: run | tables | refs | check | list | weights | prepare | cache."""
+"""`gadbench` command line: run | tables | refs | check | list | weights | prepare | cache | bench."""
 
 from __future__ import annotations
 
@@ -72,6 +72,17 @@ def cmd_cache(args) -> int:
     print(tabulate([[r["backbone"], r["entries"], f"{r['bytes'] / 2**20:.1f}", r["temporary_files"]] for r in rows],
                    headers=["backbone", "entries", "MiB", "temporary files"]))
     print(f"total: {sum(r['entries'] for r in rows)} entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MiB")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from benchmark.efficiency import load_bench, run_bench, write_efficiency_tables
+    from benchmark.runner import pick_device
+
+    bench = load_bench(args.experiment, args.data_root)
+    run_bench(bench, Path(args.results), pick_device(args.device), args.weights_dir, args.force, args.method)
+    written = write_efficiency_tables(Path(args.results))
+    print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -207,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--results", default=str(DEFAULT_RESULTS))
     cache.add_argument("--cache-dir", help="default: $GADBENCH_CACHE_DIR, else <results>/cache/features")
     cache.set_defaults(func=cmd_cache)
+
+    bench = sub.add_parser("bench", help="the efficiency table: parameters, training time, throughput, peak memory")
+    bench.add_argument("--experiment", "-e", default=str(CONFIG_DIR / "experiments" / "efficiency.yaml"))
+    bench.add_argument("--data-root", help="folder holding the data sets (default: $DATA_ROOT, else the file's data_root)")
+    bench.add_argument("--results", default=str(DEFAULT_RESULTS))
+    bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    bench.add_argument("--weights-dir", help="local weights folder (default: $GADBENCH_WEIGHTS, else ./weights)")
+    bench.add_argument("--method", action="append", help="measure only this method (repeatable)")
+    bench.add_argument("--force", action="store_true", help="measure again what was measured on this device")
+    bench.set_defaults(func=cmd_bench)
 
     tables = sub.add_parser("tables", help="write results/tables from the cell files")
     _common(tables)

@@ -1,0 +1,59 @@
+"""gadbench bench: the efficiency table measures real figures and never mixes devices in a column."""
+
+import json
+
+import yaml
+
+from benchmark.cli import main
+from benchmark.features import build_backbone
+from benchmark.weights import WeightStore
+
+
+def _bench_file(tmp_path, synthetic_root):
+    data = {
+        "name": "efficiency_tiny", "data_root": str(synthetic_root),
+        "datasets": {"tiny_objects": {"layout": "mvtec", "root": str(synthetic_root / "objects")},
+                     "tiny_textures": {"layout": "mvtec", "root": str(synthetic_root / "textures")}},
+        "source": "tiny_objects", "target": "tiny_textures", "batch_sizes": [1, 2], "min_seconds": 0.1,
+        "methods": [{"method": {"name": "nn_tiny", "adapter": "normal_nn", "label": "NN tiny",
+                                "config": {"backbone": "lite0_imagenet", "input_size": 64}}}],
+    }
+    path = tmp_path / "efficiency.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_bench_measures_a_method_and_writes_the_table_with_its_conditions(tmp_path, synthetic_root, capsys):
+    bench = _bench_file(tmp_path, synthetic_root)
+    results = tmp_path / "results"
+    assert main(["bench", "-e", str(bench), "--results", str(results), "--device", "cpu"]) == 0
+    row = json.loads((results / "efficiency" / "cpu" / "nn_tiny.json").read_text())
+    assert row["status"] == "done" and row["device"] == "cpu" and row["precision"] == "float32"
+    assert row["image_size"] == 64 and row["best_batch"] in (1, 2)
+    assert row["throughput_batch1"] > 0 and row["throughput_best"] >= row["throughput_batch1"]
+    assert row["peak_memory_mib"] > 50 and row["memory_kind"] == "process peak RSS"
+    backbone = build_backbone("lite0_imagenet", WeightStore(), 64)
+    assert abs(row["parameters_total_m"] - sum(p.numel() for p in backbone.module.parameters()) / 1e6) < 1e-9
+    assert row["parameters_trainable_m"] == 0
+    csv = (results / "tables" / "efficiency.csv").read_text()
+    assert "device_name" in csv and "process peak RSS" in csv
+    capsys.readouterr()
+    assert main(["bench", "-e", str(bench), "--results", str(results), "--device", "cpu"]) == 0
+    assert "measured before" in capsys.readouterr().out
+
+
+def test_cpu_and_gpu_rows_get_tables_of_their_own(tmp_path):
+    from benchmark.efficiency import write_efficiency_tables
+
+    base = {"method": "m", "label": "M", "status": "done", "precision": "float32", "threads": 2, "image_size": 448,
+            "parameters_total_m": 3.0, "parameters_trainable_m": 0.0, "throughput_batch1": 5.0, "best_batch": 4,
+            "throughput_best": 9.0, "peak_memory_mib": 800.0, "source": "s"}
+    for device, name, memory in (("cpu", "AMD EPYC (2 cores)", "process peak RSS"), ("cuda", "NVIDIA H100", "CUDA max allocated")):
+        folder = tmp_path / "efficiency" / device
+        folder.mkdir(parents=True)
+        (folder / "m.json").write_text(json.dumps({**base, "device": device, "device_name": name, "memory_kind": memory}))
+    tex = write_efficiency_tables(tmp_path, echo=lambda *_: None)[1].read_text()
+    blocks = tex.split(r"\begin{tabular}")[1:]
+    assert len(blocks) == 2
+    captions = tex.split(r"\caption{")[1:]
+    assert sum("NVIDIA H100" in c for c in captions) == 1 and sum("AMD EPYC" in c for c in captions) == 1
