@@ -1,4 +1,4 @@
-"""`gadbench` command line: run | tables | refs | check | list | weights | prepare | cache | bench."""
+"""`gadbench` command line: run | tables | report | refs | check | list | weights | prepare | cache | bench."""
 
 from __future__ import annotations
 
@@ -83,6 +83,16 @@ def cmd_bench(args) -> int:
     run_bench(bench, Path(args.results), pick_device(args.device), args.weights_dir, args.force, args.method)
     written = write_efficiency_tables(Path(args.results))
     print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from benchmark.experiment import load_experiment
+    from benchmark.report import write_report
+
+    experiments = [load_experiment(path, args.data_root) for path in (args.experiment or [str(DEFAULT_EXPERIMENT)])]
+    report = write_report(experiments, Path(args.results), k=args.k, images_per_category=args.images, seed=args.seed)
+    print(f"wrote {report} and its figures under {report.parent / 'figures'}")
     return 0
 
 
@@ -228,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--method", action="append", help="measure only this method (repeatable)")
     bench.add_argument("--force", action="store_true", help="measure again what was measured on this device")
     bench.set_defaults(func=cmd_bench)
+
+    report = sub.add_parser("report", help="results/report.md: tables, qualitative grid, ROC curves, per-category bars")
+    report.add_argument("--experiment", "-e", action="append", help="experiment YAML (repeatable; default: mini)")
+    report.add_argument("--data-root", help="folder holding the data sets (default: $DATA_ROOT, else the experiment's data_root)")
+    report.add_argument("--results", default=str(DEFAULT_RESULTS))
+    report.add_argument("--k", type=int, help="shot count the figures show (default: the smallest that ran)")
+    report.add_argument("--images", type=int, default=1, help="qualitative grid: anomalous images per target category")
+    report.add_argument("--seed", type=int, default=0, help="seed whose references the ROC curves and maps use")
+    report.set_defaults(func=cmd_report)
 
     tables = sub.add_parser("tables", help="write results/tables from the cell files")
     _common(tables)

@@ -61,6 +61,7 @@ class Experiment:
     methods: list[MethodSpec]
     tables: dict[str, dict]  # name -> {targets: [...], mean: bool (add a column averaging every value)}
     categories: dict[str, list[str]]
+    description: str = ""
 
     def cells(self) -> list[Cell]:
         """Every cell of the grid, once: training-free methods share one cell across sources."""
@@ -179,4 +180,5 @@ def load_experiment(path: str | Path, data_root: str | Path | None = None, adapt
     categories = data.get("categories") or {}
     return Experiment(name=data.get("name", path.stem), path=path, protocol=protocol, protocol_options=options,
                       data_root=root, datasets=datasets, pairs=pairs, settings=settings, seeds=seeds,
-                      methods=method_specs, tables=tables, categories=categories)
+                      methods=method_specs, tables=tables, categories=categories,
+                      description=str(data.get("description", "")))

@@ -214,33 +214,45 @@ class Runner:
             tqdm.write(f"{record['status']}: {cell.id}: {record.get('reason') or record.get('error')}", file=sys.stderr)
         return record
 
-    def _evaluate(self, cell: Cell) -> dict:
+    def adapter_for(self, cell: Cell, timings: dict | None = None):
+        """The cell's adapter, trained on (or loaded for) its source when the method trains;
+        returns (adapter, checkpoint)."""
         seed_everything(cell.seed)
-        experiment = self.experiment
-        spec = experiment.datasets[cell.target]
         workdir = self.results_root / "checkpoints" / cell.method.name
         context = RunContext(device=self.device, weights=self.weights, features=self.features, workdir=workdir,
                              allow_download=self.weights.allow_download)
         adapter = registry.resolve(cell.method.adapter)(cell.method.config, context)
-        timings = {}
         checkpoint = None
         if adapter.trains_on_source:
             start = time.time()
             target = self.domain(cell.target) if adapter.uses_target_for_training() else None
             checkpoint = adapter.fit_source(self.domain(cell.source), cell.seed, workdir / cell.source,
                                             setting=cell.setting, target=target)
-            timings["fit_source_seconds"] = time.time() - start
+            if timings is not None:
+                timings["fit_source_seconds"] = time.time() - start
+        return adapter, checkpoint
+
+    def plan(self, cell: Cell, category: str):
+        """The category's references and query groups for this cell (from its manifest)."""
+        experiment, spec, table = self.experiment, self.experiment.datasets[cell.target], self.table(cell.target)
+        check_category(table, cell.target, category)
+        manifest_file, manifest = ensure_manifest(
+            self.results_root / "references", cell.target, spec.root, table, category, cell.setting, cell.seed,
+            experiment.protocol, experiment.protocol_options["nested_block"], spec.mask_threshold)
+        return manifest_file, plan_category(manifest_file, manifest, table, category, experiment.protocol)
+
+    def _evaluate(self, cell: Cell) -> dict:
+        spec = self.experiment.datasets[cell.target]
+        timings = {}
+        adapter, checkpoint = self.adapter_for(cell, timings)
         preprocessing = adapter.preprocessing()
         table = self.table(cell.target)
-        per_category, counts, manifests = {}, {}, {}
+        per_category, counts, manifests, per_image = {}, {}, {}, {}
         predict_seconds, images_scored = 0.0, 0
         for category in sorted(table.category.unique()):
-            check_category(table, cell.target, category)
-            manifest_file, manifest = ensure_manifest(
-                self.results_root / "references", cell.target, spec.root, table, category, cell.setting, cell.seed,
-                experiment.protocol, experiment.protocol_options["nested_block"], spec.mask_threshold)
-            plan = plan_category(manifest_file, manifest, table, category, experiment.protocol)
+            manifest_file, plan = self.plan(cell, category)
             normal = load_references(plan.normal, preprocessing, spec.mask_threshold, with_masks=False)
+            paths = []
             labels, scores, masks, maps = [], [], [], []
             start = time.time()
             for group in plan.groups:
@@ -256,6 +268,7 @@ class Runner:
                     prediction = adapter.predict(batch)
                     scores.extend(np.asarray(prediction.image_scores, dtype=np.float64).tolist())
                     labels.extend(rows.label.tolist())
+                    paths.extend(os.path.relpath(p, spec.root) for p in rows.path)
                     if adapter.pixel_level and prediction.anomaly_maps is not None:
                         masks.extend(original_masks(batch, spec.mask_threshold))
                         maps.extend(np.asarray(amap, dtype=np.float32) for amap in prediction.anomaly_maps)
@@ -264,6 +277,8 @@ class Runner:
             metrics = image_metrics(labels, scores)
             metrics.update(pixel_metrics(masks, maps) if maps else pixel_metrics([], []))
             per_category[category] = metrics
+            # per-image scores (paths relative to the data set): ROC curves and paired tests need them
+            per_image[category] = {"path": paths, "label": [int(v) for v in labels], "score": scores}
             counts[category] = {"queries": len(labels), "anomalous": int(np.sum(labels)),
                                 "removed_references_from_queries": plan.removed_from_queries,
                                 "abnormal_reference_groups": len(plan.groups)}
@@ -273,4 +288,5 @@ class Runner:
         timings.update(predict_seconds=predict_seconds, images_scored=images_scored,
                        images_per_second=images_scored / predict_seconds if predict_seconds else None)
         return {"metrics": {"mean": mean, "per_category": per_category}, "counts": counts, "manifests": manifests,
+                "per_image": per_image,
                 "method": adapter.describe(), "checkpoint": str(checkpoint) if checkpoint else None, "timings": timings}

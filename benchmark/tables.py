@@ -34,7 +34,8 @@ def collect(experiment: Experiment, results_root: Path) -> pd.DataFrame:
                "reason": data.get("reason") or data.get("error") or ("not run yet" if status == "missing" else ""),
                "random_weights": bool(method_info.get("random_weights")),
                "target_selected": method_info.get("checkpoint_policy") == "official-target-selected",
-               "per_category": (data.get("metrics") or {}).get("per_category", {})}
+               "per_category": (data.get("metrics") or {}).get("per_category", {}),
+               "per_image": data.get("per_image") or {}}
         for name, value in ((data.get("metrics") or {}).get("mean") or {}).items():
             row[name] = np.nan if value is None else value
         rows.append(row)
@@ -196,7 +197,7 @@ def per_category_table(experiment: Experiment, frame: pd.DataFrame, target: str)
 
 def write_tables(experiment: Experiment, results_root: Path, echo=print) -> list[Path]:
     results_root = Path(results_root)
-    out_dir = results_root / "tables"
+    out_dir = results_root / "tables" / experiment.name  # experiments may share table names (main)
     frame = collect(experiment, results_root)
     written = []
     displays = {name: spec.label for name, spec in experiment.datasets.items()}
@@ -220,7 +221,7 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print) -> list
         per_category = per_category_table(experiment, frame, target)
         if per_category.empty:
             continue
-        path = out_dir / f"{experiment.name}_per_category_{target}.csv"
+        path = out_dir / f"per_category_{target}.csv"
         write_text(per_category.round(4).to_csv(index=False), path)
         written.append(path)
     return written

@@ -56,13 +56,13 @@ def test_fit_source_is_idempotent(nagl_run):
 
 def test_ablation_table_has_the_paper_shape(nagl_run):
     _, results = nagl_run
-    table = pd.read_csv(results / "tables" / "ablation.csv")
+    table = pd.read_csv(results / "tables" / "tiny" / "ablation.csv")
     assert list(table.method) == ["(i) normal", "(ii) abnormal", "(iii) normal+abnormal", "NAGL tiny"] * 2
     assert "mean" in table.columns and table["mean"].between(0, 100).all()
     first = table.iloc[0]
     values = [first[f"{t}:{m}:mean"] for t in ("tiny_textures", "tiny_objects") for m in ("image_auroc", "pixel_auroc")]
     assert first["mean"] == pytest.approx(sum(values) / 4, abs=1e-3)
-    tex = (results / "tables" / "ablation.tex").read_text()
+    tex = (results / "tables" / "tiny" / "ablation.tex").read_text()
     assert "Mean" in tex and "(iii) normal+abnormal" in tex
 
 

@@ -183,7 +183,7 @@ def test_a_grid_killed_with_sigkill_resumes_to_the_same_tables(tmp_path, synthet
         assert main(["tables", "-e", str(experiment), "--results", str(results)]) == 0
     assert not list(killed.rglob(".*.tmp"))
     assert len(list((killed / "runs").rglob("*.json"))) == 8
-    assert (killed / "tables" / "main.csv").read_text() == (straight / "tables" / "main.csv").read_text()
+    assert (killed / "tables" / "tiny" / "main.csv").read_text() == (straight / "tables" / "tiny" / "main.csv").read_text()
 
 
 NAGL_TRAINING = textwrap.dedent('''

@@ -99,28 +99,28 @@ def test_the_scorer_finds_synthetic_defects(finished_run):
 def test_a_rerun_recomputes_nothing_and_writes_identical_tables(finished_run, capsys):
     experiment, results = finished_run
     before = {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")}
-    tables_before = (results / "tables" / "main.csv").read_text(), (results / "tables" / "main.tex").read_text()
+    tables_before = (results / "tables" / "tiny" / "main.csv").read_text(), (results / "tables" / "tiny" / "main.tex").read_text()
     capsys.readouterr()
     assert main(["run", "--experiment", str(experiment), "--results", str(results), "--no-progress"]) == 0
     assert "8 already done, 0 run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.json")} == before
     assert main(["tables", "--experiment", str(experiment), "--results", str(results)]) == 0
-    assert ((results / "tables" / "main.csv").read_text(), (results / "tables" / "main.tex").read_text()) == tables_before
+    assert ((results / "tables" / "tiny" / "main.csv").read_text(), (results / "tables" / "tiny" / "main.tex").read_text()) == tables_before
 
 
 def test_tables_have_the_paper_shape(finished_run):
     _, results = finished_run
     import pandas as pd
 
-    table = pd.read_csv(results / "tables" / "main.csv")
+    table = pd.read_csv(results / "tables" / "tiny" / "main.csv")
     assert list(table.setting) == ["N1", "N2"] and list(table.method) == ["NN tiny", "NN tiny"]
     for target in ("tiny_textures", "tiny_objects"):
         for metric in ("image_auroc", "pixel_auroc"):
             assert table[f"{target}:{metric}:mean"].between(0, 100).all()
             assert (table[f"{target}:{metric}:std"] >= 0).all()
-    tex = (results / "tables" / "main.tex").read_text()
+    tex = (results / "tables" / "tiny" / "main.tex").read_text()
     assert "\\toprule" in tex and "\\textbf{" in tex and "$N^{1}$" in tex and "Textures" in tex
-    per_category = pd.read_csv(results / "tables" / "tiny_per_category_tiny_objects.csv")
+    per_category = pd.read_csv(results / "tables" / "tiny" / "per_category_tiny_objects.csv")
     assert {"washer:image_auroc:mean", "hex_nut:pixel_auroc:std"} <= set(per_category.columns)
 
 
@@ -144,7 +144,7 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(tmp_path, synthetic_roo
     assert "boom on tablet" in cells["any__tiny_objects"]["error"] and "Traceback" in cells["any__tiny_objects"]["traceback"]
     assert cells["any__tiny_textures"]["status"] == "done"
     assert main(["tables", "--experiment", str(experiment), "--results", str(tmp_path / "r")]) == 0
-    assert "failed: RuntimeError: boom on tablet" in (tmp_path / "r" / "tables" / "main.tex").read_text()
+    assert "failed: RuntimeError: boom on tablet" in (tmp_path / "r" / "tables" / "tiny" / "main.tex").read_text()
 
 
 def test_missing_weights_skip_cells_with_the_reason_in_the_table(tmp_path, synthetic_root, capsys):
