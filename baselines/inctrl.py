@@ -64,6 +64,7 @@ class InCTRLAdapter(Adapter):
     name = "inctrl"
     supports = (NORMAL,)
     trains_on_source = True
+    model_per_k = True
     pixel_level = False
     default_config = {
         "clip_model": "ViT-B-16-plus-240",

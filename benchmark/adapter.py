@@ -103,6 +103,8 @@ class Adapter:
     version: ClassVar[int] = 1
     supports: ClassVar[tuple[str, ...]] = (NORMAL,)
     trains_on_source: ClassVar[bool] = False
+    # for run-time estimates: whether fit_source trains one model per k (NAGL, InCTRL) or one for all k
+    model_per_k: ClassVar[bool] = False
     pixel_level: ClassVar[bool] = True
     default_config: ClassVar[dict] = {}
 

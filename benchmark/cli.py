@@ -1,4 +1,4 @@
-"""`gadbench` command line: run | tables | report | refs | check | list | weights | prepare | cache | bench."""
+"""`gadbench` command line: run | tables | report | refs | check | list | weights | prepare | cache | bench | estimate."""
 
 from __future__ import annotations
 
@@ -93,6 +93,18 @@ def cmd_report(args) -> int:
     experiments = [load_experiment(path, args.data_root) for path in (args.experiment or [str(DEFAULT_EXPERIMENT)])]
     report = write_report(experiments, Path(args.results), k=args.k, images_per_category=args.images, seed=args.seed)
     print(f"wrote {report} and its figures under {report.parent / 'figures'}")
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from benchmark.estimate import estimate, figures_from_bench, figures_from_paper, format_estimate, load_bench_frame
+
+    experiment = _experiment(args)
+    if args.from_paper:
+        figures, source = figures_from_paper()
+    else:
+        figures, source = figures_from_bench(load_bench_frame(Path(args.results)), args.device)
+    print(format_estimate(estimate(experiment, figures), experiment, source))
     return 0
 
 
@@ -247,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--images", type=int, default=1, help="qualitative grid: anomalous images per target category")
     report.add_argument("--seed", type=int, default=0, help="seed whose references the ROC curves and maps use")
     report.set_defaults(func=cmd_report)
+
+    estimate = sub.add_parser("estimate", help="how long an experiment takes, from the efficiency table of a device")
+    _common(estimate)
+    estimate.add_argument("--device", default="cpu", help="device kind or name of the `gadbench bench` rows to use (cpu, cuda, ...)")
+    estimate.add_argument("--from-paper", action="store_true", help="use the paper's GPU figures (NAGL, InCTRL, ResAD) instead")
+    estimate.set_defaults(func=cmd_estimate)
 
     tables = sub.add_parser("tables", help="write results/tables from the cell files")
     _common(tables)

@@ -36,6 +36,7 @@ class NAGLAdapter(Adapter):
     version = TRAINER_VERSION
     supports = (NORMAL_ABNORMAL,)
     trains_on_source = True
+    model_per_k = True
     default_config = {
         "backbone": "dinov2_vits14",
         "input_size": 448,

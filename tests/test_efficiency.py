@@ -57,3 +57,27 @@ def test_cpu_and_gpu_rows_get_tables_of_their_own(tmp_path):
     assert len(blocks) == 2
     captions = tex.split(r"\caption{")[1:]
     assert sum("NVIDIA H100" in c for c in captions) == 1 and sum("AMD EPYC" in c for c in captions) == 1
+
+
+def test_estimate_counts_query_images_and_models_from_the_grid(tmp_path, synthetic_root):
+    from benchmark.estimate import estimate
+    from benchmark.experiment import load_experiment
+    from conftest import write_experiment
+
+    nagl = {"name": "nagl_tiny", "adapter": "nagl", "config": {"backbone": "lite0_imagenet", "input_size": 64}}
+    nn = {"name": "nn_tiny", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet", "input_size": 64}}
+    experiment = load_experiment(write_experiment(tmp_path / "e.yaml", synthetic_root, methods=[nagl, nn],
+                                                  settings=["N1", "N2", "N1+A1", "N2+A1"], seeds=[0, 1, 2]))
+    figures = {"nagl_tiny": {"images_per_second": 2.0, "training_seconds": 60.0},
+               "nn_tiny": {"images_per_second": 4.0, "training_seconds": None}}
+    table = estimate(experiment, figures).set_index("method")
+    from benchmark.datasets import read_dataset
+
+    tests = {name: int((read_dataset(experiment.datasets[name]).split == "test").sum()) for name in ("tiny_objects", "tiny_textures")}
+    tests_per_domain = sum(tests.values()) / 2  # each domain is a target once
+    # NAGL: 2 pairs x 2 settings x 3 seeds; one model per (source, k): 2 sources x 2 k
+    assert table.loc["nagl_tiny", "query_images"] == 2 * 2 * 3 * tests_per_domain
+    assert table.loc["nagl_tiny", "models"] == 4
+    assert abs(table.loc["nagl_tiny", "total_hours"] - (12 * tests_per_domain / 2.0 + 4 * 60) / 3600) < 1e-12
+    # normal NN: training-free, one cell per target (shared by sources), 2 settings x 3 seeds
+    assert table.loc["nn_tiny", "query_images"] == 2 * 2 * 3 * tests_per_domain and table.loc["nn_tiny", "models"] == 0

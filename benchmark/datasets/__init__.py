@@ -40,6 +40,8 @@ class DatasetSpec:
     # keep at most this many images per (category, split, defect), the first by sorted path:
     # a deterministic subsample for CI-sized configurations (None: everything)
     max_per_group: int | None = None
+    # published size of the test split, for run-time estimates when the data is not here
+    test_images: int | None = None
 
     @property
     def label(self) -> str:
