@@ -303,7 +303,7 @@ def write_efficiency_tables(results_root: Path, echo=print) -> list[Path]:
             lines.append([label] + [_cell(record[c], c) for c, _ in COLUMNS[1:]])
         conditions = (f"{name}, {precision}, {int(threads)} torch threads; memory: {memory_kind}; "
                       "throughput after warm-up, image decoding and metrics excluded")
-        echo(f"\nEfficiency on {conditions}\n" + tabulate(lines, headers=[h for _, h in COLUMNS]))
+        echo(f"\nEfficiency on {conditions}\n" + tabulate(lines, headers=[h for _, h in COLUMNS], tablefmt="github"))
         header = " & ".join(h for _, h in COLUMNS)
         body = "\n".join(" & ".join(cell.replace("_", r"\_") for cell in line) + r" \\" for line in lines)
         blocks.append("\n".join([

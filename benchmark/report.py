@@ -229,7 +229,7 @@ def write_report(experiments: list[Experiment], results_root: Path, k: int | Non
         chosen_k = k if k is not None else int(frame[frame.status == DONE].k.min())
         printed = []
         write_tables(experiment, results_root, echo=printed.append)
-        lines += [f"## {experiment.name}: {experiment.description}", "", "```", *printed, "```", ""]
+        lines += [f"## {experiment.name}: {experiment.description}", "", *_markdown(printed), ""]
         for target in sorted({t for _, t in experiment.pairs}):
             figure = per_category_bars(experiment, frame, target, chosen_k)
             if figure is not None:
@@ -260,10 +260,28 @@ def write_report(experiments: list[Experiment], results_root: Path, k: int | Non
 
         printed = []
         write_efficiency_tables(results_root, echo=printed.append)
-        lines += ["## Efficiency", "", "```", *printed, "```", ""]
+        lines += ["## Efficiency", "", *_markdown(printed), ""]
     report = results_root / "report.md"
     write_text("\n".join(lines), report)
     return report
+
+
+def _markdown(printed: list[str]) -> list[str]:
+    """Console table output -> Markdown: tables stay (github format), captions become bold lines
+    and footnotes list items."""
+    out = []
+    for block in printed:
+        for line in block.strip("\n").splitlines():
+            if line.startswith("|"):
+                out.append(line)
+                continue
+            if out and out[-1].startswith("|"):
+                out.append("")  # a table ends at a blank line
+            if line.startswith("(") and ")" in line[:5]:
+                out.append(f"- {line}")
+            else:
+                out += ["", f"**{line}**", ""]
+    return out
 
 
 def runner_table_categories(experiment: Experiment, frame: pd.DataFrame, target: str) -> list[str]:
