@@ -20,6 +20,7 @@ What is timed, per method:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import tempfile
@@ -220,7 +221,7 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
     folder = Path(results_root) / "efficiency" / device_slug(device)
     name = device_name(device)
     rows = []
-    for entry in bench["methods"]:
+    for order, entry in enumerate(bench["methods"]):
         method = load_method(entry["method"], bench["path"]).name
         if only and method not in only:
             continue
@@ -231,6 +232,9 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
         path = folder / f"{method}.json"
         existing = read_cell(path)
         if existing and existing.get("key") == key and not force:
+            if existing.get("order") != order:  # the table lists methods in the bench file's order
+                existing["order"] = order
+                write_json_atomic(existing, path)
             rows.append(existing)
             echo(f"{method}: measured before on {name} (use --force to measure again)")
             continue
@@ -238,7 +242,7 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
         # a fresh process per method: peak memory and warm caches are its own
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             row = pool.submit(measure, bench, entry, str(device), weights_dir).result()
-        row["key"] = key
+        row["key"], row["order"] = key, order
         write_json_atomic(row, path)
         rows.append(row)
         if row["status"] == "done":
@@ -260,6 +264,7 @@ def efficiency_frame(results_root: Path) -> pd.DataFrame:
     frame = pd.DataFrame([r for r in rows if r])
     if frame.empty:
         return frame
+    frame = frame.sort_values(["device", "order"] if "order" in frame else ["device"], kind="stable")
     keep = ["method", "label", "status", "device", "device_name", "precision", "threads", "image_size",
             "parameters_total_m", "parameters_trainable_m", "training_seconds", "training_epochs", "source",
             "throughput_batch1", "best_batch", "throughput_best", "peak_memory_mib", "memory_kind", "random_weights",
@@ -294,9 +299,12 @@ def write_efficiency_tables(results_root: Path, echo=print) -> list[Path]:
     blocks = []
     for (device, name, precision, threads, memory_kind), group in frame.groupby(
             ["device", "device_name", "precision", "threads", "memory_kind"], dropna=False, sort=True):
-        lines = []
+        lines, notes = [], []
         for record in group.to_dict("records"):
             label = record["label"] + (" (random w.)" if record.get("random_weights") is True else "")
+            if isinstance(record.get("overrides"), dict) and record["overrides"]:
+                label += " §"
+                notes.append(f"§ {record['label']}: measured with the config overrides {json.dumps(record['overrides'])}")
             if record["status"] != "done":
                 lines.append([label] + ["–"] * (len(COLUMNS) - 1))
                 continue
@@ -304,13 +312,18 @@ def write_efficiency_tables(results_root: Path, echo=print) -> list[Path]:
         conditions = (f"{name}, {precision}, {int(threads)} torch threads; memory: {memory_kind}; "
                       "throughput after warm-up, image decoding and metrics excluded")
         echo(f"\nEfficiency on {conditions}\n" + tabulate(lines, headers=[h for _, h in COLUMNS], tablefmt="github"))
+        for note in notes:
+            echo(note)
         header = " & ".join(h for _, h in COLUMNS)
-        body = "\n".join(" & ".join(cell.replace("_", r"\_") for cell in line) + r" \\" for line in lines)
+        body = "\n".join(" & ".join(cell.replace("_", r"\_").replace("§", r"\S{}") for cell in line) + r" \\" for line in lines)
         blocks.append("\n".join([
             r"\begin{table}[t]", r"\centering", r"\small",
             rf"\caption{{Efficiency on {conditions.replace('_', ' ')}. Training: the configured schedule on "
             rf"{group.source.iloc[0].replace('_', ' ')}; random w.: random weights (timing only).}}",
             r"\begin{tabular}{l" + "r" * (len(COLUMNS) - 1) + "}", r"\toprule", header + r" \\", r"\midrule", body,
-            r"\bottomrule", r"\end{tabular}", r"\end{table}"]))
+            r"\bottomrule", r"\end{tabular}",
+            *[r"\par\footnotesize " + note.replace("_", r"\_").replace("{", r"\{").replace("}", r"\}").replace("§", r"\S{}")
+              for note in notes],
+            r"\end{table}"]))
     write_text("\n\n".join(blocks) + "\n", tex_path)
     return [csv_path, tex_path]
