@@ -6,7 +6,9 @@ inference = query images / the method's best throughput; training = models x the
 training time, where models = sources (x shot counts for methods with one model per k). The
 figures come from `gadbench bench` rows of one device, or from the figures the NAGL paper reports
 for its GPU (configs/paper_efficiency.yaml: NAGL, InCTRL and ResAD only). It ignores data loading,
-reference sets and metrics: the harness keeps those small (benchmarks/grid_cost.py measures it).
+reference sets and metrics (small: benchmarks/grid_cost.py measures them), and it counts one
+backbone pass per query of every cell, although the feature cache shares those passes across the
+settings and seeds of a target: for frozen-backbone methods it is an upper bound.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ def figures_from_bench(frame: pd.DataFrame, device: str) -> tuple[dict[str, dict
     if rows.empty:
         known = sorted(set(frame.device) | set(frame.device_name)) if not frame.empty else []
         raise GadbenchError(f"no efficiency rows for device {device!r} (measured: {known}); run `gadbench bench --device {device}`")
-    figures = {r.method: {"images_per_second": r.throughput_best, "training_seconds": r.training_seconds}
-               for r in rows.itertuples()}
-    return figures, f"measured by gadbench bench on {rows.device_name.iloc[0]}"
+    figures = {}
+    for r in rows.itertuples():
+        caveats = (["random weights"] if r.random_weights is True else []) + \
+                  (["measured with config overrides"] if isinstance(r.overrides, dict) and r.overrides else [])
+        figures[r.method] = {"images_per_second": r.throughput_best, "training_seconds": r.training_seconds,
+                             "caveat": ", ".join(caveats)}
+    return figures, f"`gadbench bench` rows of {rows.device_name.iloc[0]}"
 
 
 def figures_from_paper() -> tuple[dict[str, dict], str]:
@@ -68,7 +74,9 @@ def estimate(experiment: Experiment, figures: dict[str, dict]) -> pd.DataFrame:
             models = len({(c.source, c.setting.k_normal if cls.model_per_k else None) for c in counted})
         inference = images / figure["images_per_second"]
         training = models * (figure["training_seconds"] or 0.0)
-        note = f"not counted: {', '.join(unknown)} (test-split size unknown: prepare the data)" if unknown else ""
+        notes = ([f"not counted: {', '.join(unknown)} (test-split size unknown: prepare the data)"] if unknown else []) + \
+            ([figure["caveat"]] if figure.get("caveat") else [])
+        note = "; ".join(notes)
         rows.append({"method": method.name, "label": method.label, "cells": len(cells), "query_images": images,
                      "inference_hours": inference / 3600, "models": models, "training_hours": training / 3600,
                      "total_hours": (inference + training) / 3600, "note": note})
