@@ -91,7 +91,8 @@ def cmd_report(args) -> int:
     from benchmark.report import write_report
 
     experiments = [load_experiment(path, args.data_root) for path in (args.experiment or [str(DEFAULT_EXPERIMENT)])]
-    report = write_report(experiments, Path(args.results), k=args.k, images_per_category=args.images, seed=args.seed)
+    report = write_report(experiments, Path(args.results), k=args.k, images_per_category=args.images, seed=args.seed,
+                          cache_dir=cache_dir(args))
     print(f"wrote {report} and its figures under {report.parent / 'figures'}")
     return 0
 
@@ -258,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--k", type=int, help="shot count the figures show (default: the smallest that ran)")
     report.add_argument("--images", type=int, default=1, help="qualitative grid: anomalous images per target category")
     report.add_argument("--seed", type=int, default=0, help="seed whose references the ROC curves and maps use")
+    report.add_argument("--cache-dir", help="feature cache folder (default: $GADBENCH_CACHE_DIR, else <results>/cache/features)")
     report.set_defaults(func=cmd_report)
 
     estimate = sub.add_parser("estimate", help="how long an experiment takes, from the efficiency table of a device")

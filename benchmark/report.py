@@ -151,6 +151,12 @@ def qualitative_maps(runner, experiment: Experiment, frame: pd.DataFrame, k: int
                     for slot in maps[category]:
                         slot[label] = reason
                 continue
+            if record.get("checkpoint") and not Path(record["checkpoint"]).exists():
+                # the report never trains: a model that is gone is said, not silently retrained
+                for category in chosen:
+                    for slot in maps[category]:
+                        slot[label] = "checkpoint missing: rerun the cell"
+                continue
             try:
                 adapter, _ = runner.adapter_for(cell)
             except MissingWeights as error:
@@ -214,7 +220,7 @@ def qualitative_grid(panels: list, method_labels: list[str]):
 
 # ---------------------------------------------------------------------------------- report
 def write_report(experiments: list[Experiment], results_root: Path, k: int | None = None,
-                 images_per_category: int = 1, seed: int = 0, runner_factory=None, echo=print) -> Path:
+                 images_per_category: int = 1, seed: int = 0, cache_dir: Path | None = None, echo=print) -> Path:
     from benchmark.runner import Runner
 
     results_root = Path(results_root)
@@ -245,8 +251,7 @@ def write_report(experiments: list[Experiment], results_root: Path, k: int | Non
         if figure is not None:
             path = _save(figure, figures / f"{experiment.name}_abnormal_reference_gain.png")
             lines += [f"![gain from the abnormal reference](figures/{path.name})", ""]
-        runner = (runner_factory or (lambda e: Runner(e, results_root, show_progress=False,
-                                                      cache_dir=results_root / "cache" / "features")))(experiment)
+        runner = Runner(experiment, results_root, show_progress=False, cache_dir=cache_dir)
         panels = qualitative_maps(runner, experiment, frame, chosen_k, images_per_category, seed)
         figure = qualitative_grid(panels, [m.label for m in experiment.methods])
         if figure is not None:

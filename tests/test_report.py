@@ -57,3 +57,21 @@ def test_qualitative_grid_has_image_mask_and_one_map_per_method_per_row(finished
                for _, _, row, maps, _ in panels for row_size in [maps["NN tiny"].shape])
     figure = qualitative_grid(panels, [m.label for m in experiment.methods])
     assert len(figure.axes) == len(panels) * (2 + 2)
+
+
+def test_the_report_never_retrains_a_model_whose_checkpoint_is_gone(tmp_path, synthetic_root):
+    from benchmark.results import cell_path, write_json_atomic
+
+    nagl = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
+            "config": {"backbone": "lite0_imagenet", "input_size": 64}}
+    experiment = load_experiment(write_experiment(tmp_path / "e.yaml", synthetic_root, methods=[METHODS[0], nagl],
+                                                  settings=["N1", "N1+A1"], seeds=[0], pairs=[["tiny_objects", "tiny_textures"]]))
+    runner = Runner(experiment, tmp_path / "results", show_progress=False)
+    nn_cells = [c for c in experiment.cells() if c.method.name == "nn_tiny"]
+    assert runner.run(nn_cells)["done"] == 1
+    nagl_cell = next(c for c in experiment.cells() if c.method.name == "nagl_tiny")
+    write_json_atomic({"status": "done", "checkpoint": str(tmp_path / "gone" / "model.pt")},
+                      cell_path(tmp_path / "results", nagl_cell, experiment.protocol))
+    panels = qualitative_maps(runner, experiment, collect(experiment, tmp_path / "results"), k=1, images_per_category=1)
+    assert panels and all(maps["NAGL tiny"] == "checkpoint missing: rerun the cell" for _, _, _, maps, _ in panels)
+    assert not (tmp_path / "results" / "checkpoints").exists()  # nothing was trained
