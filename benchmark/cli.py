@@ -92,7 +92,7 @@ def cmd_report(args) -> int:
 
     experiments = [load_experiment(path, args.data_root) for path in (args.experiment or [str(DEFAULT_EXPERIMENT)])]
     report = write_report(experiments, Path(args.results), k=args.k, images_per_category=args.images, seed=args.seed,
-                          cache_dir=cache_dir(args))
+                          cache_dir=cache_dir(args), roc_on=args.roc_category)
     print(f"wrote {report} and its figures under {report.parent / 'figures'}")
     return 0
 
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--k", type=int, help="shot count the figures show (default: the smallest that ran)")
     report.add_argument("--images", type=int, default=1, help="qualitative grid: anomalous images per target category")
     report.add_argument("--seed", type=int, default=0, help="seed whose references the ROC curves and maps use")
+    report.add_argument("--roc-category", help="ROC figure's category, as CATEGORY or TARGET/CATEGORY (default: the first)")
     report.add_argument("--cache-dir", help="feature cache folder (default: $GADBENCH_CACHE_DIR, else <results>/cache/features)")
     report.set_defaults(func=cmd_report)
 

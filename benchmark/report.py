@@ -220,7 +220,8 @@ def qualitative_grid(panels: list, method_labels: list[str]):
 
 # ---------------------------------------------------------------------------------- report
 def write_report(experiments: list[Experiment], results_root: Path, k: int | None = None,
-                 images_per_category: int = 1, seed: int = 0, cache_dir: Path | None = None, echo=print) -> Path:
+                 images_per_category: int = 1, seed: int = 0, cache_dir: Path | None = None,
+                 roc_on: str | None = None, echo=print) -> Path:
     from benchmark.runner import Runner
 
     results_root = Path(results_root)
@@ -228,10 +229,14 @@ def write_report(experiments: list[Experiment], results_root: Path, k: int | Non
     lines = ["# gadbench report", "",
              f"Written {time.strftime('%Y-%m-%d %H:%M')} from the cell files under `{results_root}` "
              "(AUROC in %, mean ± std over seeds; `–` = not available, with the reason below the table).", ""]
-    for experiment in experiments:
+    frames, roc_choices = {}, {}
+    for experiment in experiments:  # every input problem is found before anything is written
         frame = collect(experiment, results_root)
         if frame.empty or not (frame.status == DONE).any():
             raise GadbenchError(f"{experiment.path}: no finished cells under {results_root}; run `gadbench run -e {experiment.path}` first")
+        frames[experiment.name], roc_choices[experiment.name] = frame, roc_category(experiment, frame, roc_on)
+    for experiment in experiments:
+        frame = frames[experiment.name]
         chosen_k = k if k is not None else int(frame[frame.status == DONE].k.min())
         printed = []
         write_tables(experiment, results_root, echo=printed.append)
@@ -241,8 +246,7 @@ def write_report(experiments: list[Experiment], results_root: Path, k: int | Non
             if figure is not None:
                 path = _save(figure, figures / f"{experiment.name}_per_category_{target}.png")
                 lines += [f"![per-category image AUROC, {target}](figures/{path.name})", ""]
-        target = sorted({t for _, t in experiment.pairs})[0]
-        category = sorted(runner_table_categories(experiment, frame, target))[0]
+        target, category = roc_choices[experiment.name]
         figure = roc_figure(experiment, frame, target, category, chosen_k, seed)
         if figure is not None:
             path = _save(figure, figures / f"{experiment.name}_roc_{target}_{category}.png")
@@ -289,7 +293,17 @@ def _markdown(printed: list[str]) -> list[str]:
     return out
 
 
-def runner_table_categories(experiment: Experiment, frame: pd.DataFrame, target: str) -> list[str]:
-    done = frame[(frame.target == target) & (frame.status == DONE)]
-    return sorted({c for per in done.per_category for c in per}) or ["(none)"]
+def roc_category(experiment: Experiment, frame: pd.DataFrame, wanted: str | None) -> tuple[str, str]:
+    """(target, category) of the ROC figure: `wanted` ("category" or "target/category"), else the
+    first category of the first target."""
+    done = frame[frame.status == DONE]
+    available = sorted({(t, c) for t, per in zip(done.target, done.per_category) for c in per})
+    if not wanted:
+        return available[0] if available else (sorted({t for _, t in experiment.pairs})[0], "(none)")
+    target, _, category = wanted.rpartition("/")
+    matches = [(t, c) for t, c in available if c == category and (not target or t == target)]
+    if not matches:
+        raise GadbenchError(f"--roc-category {wanted!r}: no finished cell has it; choose one of "
+                            f"{', '.join(f'{t}/{c}' for t, c in available)}")
+    return matches[0]
 

@@ -44,6 +44,10 @@ def test_report_writes_markdown_tables_and_every_figure(finished, capsys):
         assert f"(figures/{name})" in report
         assert (results / "figures" / name).stat().st_size > 5000  # a drawn picture, not an empty canvas
     assert "NN tiny" in report and "(iii) tiny" in report
+    assert main(["report", "-e", str(experiment), "--results", str(results), "--roc-category", "tiny_textures/weave"]) == 0
+    assert (results / "figures" / "tiny_roc_tiny_textures_weave.png").is_file()
+    assert main(["report", "-e", str(experiment), "--results", str(results), "--roc-category", "bottle"]) == 2
+    assert "--roc-category 'bottle': no finished cell has it" in capsys.readouterr().err
 
 
 def test_qualitative_grid_has_image_mask_and_one_map_per_method_per_row(finished):
