@@ -85,10 +85,11 @@ class ResADAdapter(Adapter):
     def _batch(self, rows: pd.DataFrame, mask_threshold: int) -> tuple[ImageBatch, torch.Tensor]:
         """Images (decoded only on a feature-cache miss) and their model-space masks, which are
         kept for the adapter's life: training reads every mask once per epoch."""
-        batch = load_batch(rows, self.preprocessing())
+        preprocessing = self.preprocessing()
+        batch = load_batch(rows, preprocessing)
         for record, size in zip(batch.samples, batch.original_sizes):
             if record["path"] not in self._masks:
-                self._masks[record["path"]] = self.preprocessing().mask(load_mask(record.get("mask"), size, mask_threshold))
+                self._masks[record["path"]] = preprocessing.mask(load_mask(record.get("mask"), size, mask_threshold))
         return batch, torch.stack([self._masks[r["path"]] for r in batch.samples])
 
     # ------------------------------------------------------------------ training

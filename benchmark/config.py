@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -48,7 +50,14 @@ def check_keys(where: str, mapping: dict, allowed: set[str], required: set[str] 
 
 
 def backbone_catalogue() -> dict:
-    return load_yaml(CONFIG_DIR / "backbones.yaml")
+    path = CONFIG_DIR / "backbones.yaml"
+    return copy.deepcopy(_parsed_yaml(str(path), path.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=8)
+def _parsed_yaml(path: str, mtime_ns: int) -> dict:
+    """Parsed once per file version: preprocessing() asks for the catalogue in training loops."""
+    return load_yaml(path)
 
 
 def backbone_entry(name: str) -> dict:
