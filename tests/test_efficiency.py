@@ -81,3 +81,12 @@ def test_estimate_counts_query_images_and_models_from_the_grid(tmp_path, synthet
     assert abs(table.loc["nagl_tiny", "total_hours"] - (12 * tests_per_domain / 2.0 + 4 * 60) / 3600) < 1e-12
     # normal NN: training-free, one cell per target (shared by sources), 2 settings x 3 seeds
     assert table.loc["nn_tiny", "query_images"] == 2 * 2 * 3 * tests_per_domain and table.loc["nn_tiny", "models"] == 0
+
+
+def test_an_unknown_key_in_an_efficiency_file_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsource: a\ntarget: b\nmethods: [normal_nn_lite0]\nbatch_size: [1]\n")
+    assert main(["bench", "-e", str(path), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.yaml: unknown key 'batch_size'; did you mean 'batch_sizes'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
