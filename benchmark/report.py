@@ -128,63 +128,70 @@ def abnormal_reference_gain(experiment: Experiment, frame: pd.DataFrame):
     return figure
 
 
+def _unavailable(record: dict | None) -> str | None:
+    """Why a method has no maps for this cell (None: it has)."""
+    if not record or record.get("status") != DONE:
+        return (record or {}).get("reason") or "not run"
+    if record.get("checkpoint") and not Path(record["checkpoint"]).exists():
+        return "checkpoint missing: rerun the cell"  # the report never trains a model again
+    return None
+
+
 def qualitative_maps(runner, experiment: Experiment, frame: pd.DataFrame, k: int, images_per_category: int, seed: int = 0):
     """[(target, category, image row, {method label: map or reason})] for the chosen images."""
     panels = []
     for target in sorted({t for _, t in experiment.pairs}):
         source = next(s for s, t in experiment.pairs if t == target)
-        table = runner.table(target)
         spec = experiment.datasets[target]
-        chosen = {category: None for category in sorted(table.category.unique())}
-        maps = {c: [{} for _ in range(images_per_category)] for c in chosen}
+        categories = sorted(runner.table(target).category.unique())
+        chosen: dict[str, pd.DataFrame] = {}  # the first method's plan picks the images for all
+        maps = {c: [{} for _ in range(images_per_category)] for c in categories}
         for method in experiment.methods:
             setting_label = own_setting(experiment, method.name, k, frame)
             if setting_label is None:
                 continue
             cell = next((c for c in experiment.cells() if c.method.name == method.name and c.target == target
                          and c.setting.label == setting_label and c.seed == seed and c.source in (source, "*")), None)
-            label = method.label
             record = read_cell(cell_path(runner.results_root, cell, experiment.protocol)) if cell else None
-            if not record or record.get("status") != DONE:
-                reason = (record or {}).get("reason") or "not run"
-                for category in chosen:
-                    for slot in maps[category]:
-                        slot[label] = reason
+            reason = _unavailable(record)
+            if reason is None:
+                try:
+                    adapter, _ = runner.adapter_for(cell)
+                except MissingWeights as error:
+                    reason = str(error)
+            if reason is not None:
+                for slot in (slot for category in categories for slot in maps[category]):
+                    slot[method.label] = reason
                 continue
-            if record.get("checkpoint") and not Path(record["checkpoint"]).exists():
-                # the report never trains: a model that is gone is said, not silently retrained
-                for category in chosen:
-                    for slot in maps[category]:
-                        slot[label] = "checkpoint missing: rerun the cell"
-                continue
-            try:
-                adapter, _ = runner.adapter_for(cell)
-            except MissingWeights as error:
-                for category in chosen:
-                    for slot in maps[category]:
-                        slot[label] = str(error)
-                continue
-            preprocessing = adapter.preprocessing()
-            for category in chosen:
-                _, plan = runner.plan(cell, category)
-                if chosen[category] is None:  # the first method's plan picks the images for all
-                    queries = pd.concat([g.queries for g in plan.groups])
-                    chosen[category] = queries[queries.label == 1].sort_values("path").head(images_per_category)
-                normal = load_references(plan.normal, preprocessing, spec.mask_threshold, with_masks=False)
-                for slot, (_, row) in zip(maps[category], chosen[category].iterrows()):
-                    group = next(g for g in plan.groups if row.path in set(g.queries.path))
-                    abnormal = (load_references(pd.DataFrame([group.abnormal]), preprocessing, spec.mask_threshold, with_masks=True)
-                                if cell.setting.k_abnormal else None)
-                    adapter.set_references(category, normal, abnormal)
-                    prediction = adapter.predict(load_batch(pd.DataFrame([row]), preprocessing))
-                    slot[label] = (prediction.anomaly_maps[0] if adapter.pixel_level and prediction.anomaly_maps
-                                   else "image-level method: no map")
+            for category in categories:
+                for position, amap in _category_maps(runner, adapter, cell, category, chosen, images_per_category):
+                    maps[category][position][method.label] = amap
         for category, rows in chosen.items():
-            if rows is None:
-                continue
             for slot, (_, row) in zip(maps[category], rows.iterrows()):
                 panels.append((target, category, row, slot, spec.mask_threshold))
     return panels
+
+
+def _category_maps(runner, adapter, cell, category: str, chosen: dict, images_per_category: int):
+    """(position among the chosen images, map or reason): references set once per query group."""
+    spec = runner.experiment.datasets[cell.target]
+    preprocessing = adapter.preprocessing()
+    _, plan = runner.plan(cell, category)
+    if category not in chosen:
+        queries = pd.concat([g.queries for g in plan.groups])
+        chosen[category] = queries[queries.label == 1].sort_values("path").head(images_per_category).reset_index(drop=True)
+    normal = load_references(plan.normal, preprocessing, spec.mask_threshold, with_masks=False)
+    for group in plan.groups:
+        mine = chosen[category][chosen[category].path.isin(set(group.queries.path))]
+        if mine.empty:
+            continue
+        abnormal = (load_references(pd.DataFrame([group.abnormal]), preprocessing, spec.mask_threshold, with_masks=True)
+                    if cell.setting.k_abnormal else None)
+        adapter.set_references(category, normal, abnormal)
+        prediction = adapter.predict(load_batch(mine, preprocessing))
+        for index, position in enumerate(mine.index):
+            yield position, (prediction.anomaly_maps[index] if adapter.pixel_level and prediction.anomaly_maps
+                             else "image-level method: no map")
 
 
 def qualitative_grid(panels: list, method_labels: list[str]):
