@@ -32,17 +32,27 @@ from benchmark.runner import Runner
 
 
 class RecordingFeatureService(FeatureService):
-    """Remembers, for every cache miss, which backbone and which image row it was."""
+    """Remembers, for every cache miss, which backbone and which image row it was: the misses the
+    service itself counts, not a second guess at its lookup."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.missed: dict[tuple[str, str], tuple] = {}
+        self._batch_misses: set[tuple[str, str]] = set()
+
+    def _lookup(self, handle, key):
+        levels = super()._lookup(handle, key)
+        if levels is None:
+            self._batch_misses.add((handle.id, key))
+        return levels
 
     def extract_layers(self, handle, batch):
+        self._batch_misses.clear()
+        out = super().extract_layers(handle, batch)
         for key, sample in zip(batch.keys, batch.samples):
-            if (handle.id, key) not in self._memory and (self.disk is None or not self.disk.path(handle.id, key).exists()):
+            if (handle.id, key) in self._batch_misses:
                 self.missed.setdefault((handle.id, key), (handle, sample["path"], key.split(":")[1]))
-        return super().extract_layers(handle, batch)
+        return out
 
 
 def run_grid(experiment, results: Path, cache: Path, recording: bool) -> tuple[float, Runner, dict]:
