@@ -40,7 +40,7 @@ from benchmark.results import read_cell, write_json_atomic
 
 BENCH_KEYS = {"name", "description", "data_root", "datasets", "source", "target", "category", "settings", "batch_sizes",
               "warmup", "min_seconds", "max_batch_seconds", "methods"}
-METHOD_ENTRY_KEYS = {"method", "config", "random_weights", "train", "label"}
+METHOD_ENTRY_KEYS = {"method", "config", "random_weights", "label"}
 BENCH_VERSION = 1  # in every row's key: bump when what is timed changes
 
 
@@ -123,8 +123,8 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
     import warnings
 
     from benchmark import registry
-    from benchmark.adapter import NORMAL, RunContext
-    from benchmark.batches import load_batch, load_references
+    from benchmark.adapter import NORMAL, Domain, RunContext
+    from benchmark.batches import load_references
     from benchmark.datasets import read_dataset
     from benchmark.experiment import load_datasets, load_method
     from benchmark.features import FeatureService
@@ -154,10 +154,6 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
         with tempfile.TemporaryDirectory() as workdir:
             adapter = adapter_class(config, RunContext(device, store, training_features, Path(workdir)))
             if adapter_class.trains_on_source:
-                if not entry.get("train", True):
-                    raise GadbenchError(f"{method.name} trains on the source: it cannot be timed with train: false")
-                from benchmark.adapter import Domain
-
                 start = time.perf_counter()
                 adapter.fit_source(Domain(source.name, read_dataset(source), source.mask_threshold), 0, Path(workdir),
                                    setting=setting, target=None)
@@ -176,22 +172,9 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
                 abnormal = load_references(rows[rows.label == 1].head(setting.k_abnormal), preprocessing,
                                            target.mask_threshold, with_masks=True)
             adapter.set_references(category, normal, abnormal)
-            queries = rows[rows.split == "test"].reset_index(drop=True)
-            per_batch = {}
-            for size in sorted(set(bench["batch_sizes"]) | {1}):
-                batch = load_batch(queries.iloc[[i % len(queries) for i in range(size)]], preprocessing)
-                batch.images  # decode now: decoding is not part of the timed call
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                with PeakRSS() as rss:
-                    images_per_second, call_seconds = _throughput(adapter, batch, device, bench["warmup"], bench["min_seconds"])
-                peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
-                per_batch[size] = {"images_per_second": images_per_second, "seconds_per_call": call_seconds,
-                                   "peak_memory_mib": peak / 2**20}
-                if call_seconds > bench["max_batch_seconds"]:
-                    break
+            per_batch = _time_batch_sizes(adapter, rows[rows.split == "test"].reset_index(drop=True), preprocessing,
+                                          device, bench)
             best = max(per_batch, key=lambda b: per_batch[b]["images_per_second"])
-            memory = per_batch[best]["peak_memory_mib"]
             description = adapter.describe()
     except MissingWeights as error:
         return {**row, "status": "skipped", "reason": str(error)}
@@ -202,8 +185,28 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
             "random_weights": bool(description.get("random_weights")),
             "throughput_batch1": per_batch[1]["images_per_second"], "best_batch": best,
             "throughput_best": per_batch[best]["images_per_second"], "per_batch": per_batch,
-            "peak_memory_mib": memory,
+            "peak_memory_mib": per_batch[best]["peak_memory_mib"],
             "memory_kind": "CUDA max allocated" if device.type == "cuda" else "process peak RSS"}
+
+
+def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, bench: dict) -> dict[int, dict]:
+    """Throughput and peak memory at batch 1 and each bench batch size, until one call is too slow."""
+    from benchmark.batches import load_batch
+
+    per_batch = {}
+    for size in sorted(set(bench["batch_sizes"]) | {1}):
+        batch = load_batch(queries.iloc[[i % len(queries) for i in range(size)]], preprocessing)
+        batch.images  # decode now: decoding is not part of the timed call
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with PeakRSS() as rss:
+            images_per_second, call_seconds = _throughput(adapter, batch, device, bench["warmup"], bench["min_seconds"])
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
+        per_batch[size] = {"images_per_second": images_per_second, "seconds_per_call": call_seconds,
+                           "peak_memory_mib": peak / 2**20}
+        if call_seconds > bench["max_batch_seconds"]:
+            break
+    return per_batch
 
 
 def _merge(base: dict, override: dict) -> dict:
