@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.weights import RANDOM, WeightFile, WeightStore
+from benchmark.features.weights import RANDOM, WeightFile, WeightStore, fixed_random_init
 
 
 def clip_state_dict(state: dict) -> dict:
@@ -29,7 +29,8 @@ def load_clip(model_name: str, weight: WeightFile | None, store: WeightStore, mo
     import open_clip
 
     register_model_config(model_config)
-    model = open_clip.create_model(model_name, pretrained=None)
+    with fixed_random_init():
+        model = open_clip.create_model(model_name, pretrained=None)
     sha256 = RANDOM
     if weight is not None:
         state, sha256 = store.load_state_dict(weight)

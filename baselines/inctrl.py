@@ -8,8 +8,13 @@ scores; one model per k. Image scores only. Differences from the code, each a co
   - a query is never one of its own references (the code may draw it);
   - `training.focal_input: code` applies the focal loss's BCE-with-logits to the sigmoid outputs,
     as the code does; `probabilities` uses plain BCE on them;
-  - no batch-mixing reshape (see inctrl_model.py): batch 1 and batch 8 give the same scores;
+  - `batch_layout: per-image` (default): each query meets its own tokens, so batch 1 and batch 8
+    give the same scores; `code` reproduces the official reshape that mixes a batch's images, in
+    training (batches of 16) and at test time (where the code therefore uses batch 1);
+  - `class_names: underscores` (default) prompts with the folder name, '_' as spaces, as the code;
+    `readable` uses configs/class_names.yaml;
   - InCTRL's own prompt list: the WinCLIP states (7 normal, 4 anomalous) x 22 templates.
+Checked against the official model in tests/conformance/test_inctrl_official.py.
 """
 
 from __future__ import annotations
@@ -21,16 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from baselines.clip_models import BlockTokens, load_clip
-from baselines.inctrl_model import InCTRLHeads, patch_residual_map, text_prior
+from baselines.inctrl_model import BATCH_LAYOUTS, InCTRLHeads, batch_layout, patch_residual_map, text_prior
 from baselines.winclip import OPENAI_MEAN, OPENAI_STD
-from benchmark.adapter import NORMAL, Adapter, Domain, ImageBatch, Prediction, ReferenceSet
-from benchmark.class_names import class_name
-from benchmark.config import config_hash
+from benchmark.adapter import NORMAL, Domain, ImageBatch, Prediction, ReferenceSet
+from benchmark.bases import TrainedAdapter
+from benchmark.data.class_names import class_name
 from benchmark.errors import GadbenchError
-from benchmark.images import file_sha256, load_image
-from benchmark.preprocessing import Preprocessing
-from benchmark.training import load_checkpoint, resumable_epochs, save_atomic
-from benchmark.weights import RANDOM, WeightFile
+from benchmark.data.images import load_image
+from benchmark.data.preprocessing import Preprocessing
+from benchmark.run.training import resumable_epochs
+from benchmark.features.weights import RANDOM, WeightFile
 
 NORMAL_STATES = ["{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect", "{} without damage"]
 ANOMALOUS_STATES = ["damaged {}", "{} with flaw", "{} with defect", "{} with damage"]
@@ -60,10 +65,9 @@ def focal_loss(scores: torch.Tensor, labels: torch.Tensor, focal_input: str, gam
     return ((1 - torch.exp(-bce)) ** gamma * bce).mean()
 
 
-class InCTRLAdapter(Adapter):
+class InCTRLAdapter(TrainedAdapter):
     name = "inctrl"
     supports = (NORMAL,)
-    trains_on_source = True
     model_per_k = True
     pixel_level = False
     default_config = {
@@ -79,17 +83,24 @@ class InCTRLAdapter(Adapter):
         },
         "training": {"epochs": 10, "steps_per_epoch": 100, "batch_size": 16, "learning_rate": 1e-3, "seed": 10,
                      "focal_input": "code"},
+        "batch_layout": "per-image",  # code: the official reshape that mixes a batch's images (inctrl_model.py)
+        "class_names": "underscores",  # the code's type.replace('_', ' '); readable: configs/class_names.yaml
         "feature_cache_images": 2048,  # frozen CLIP outputs kept in memory during training
         "allow_random_weights": False,
     }
+
+    rehearsal_config = {"training": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4}}
 
     def __init__(self, config, context):
         super().__init__(config, context)
         self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         if self.config["training"]["focal_input"] not in ("code", "probabilities"):
             raise GadbenchError("inctrl: training.focal_input must be 'code' or 'probabilities'")
+        if self.config["batch_layout"] not in BATCH_LAYOUTS:
+            raise GadbenchError(f"inctrl: batch_layout must be one of {BATCH_LAYOUTS}, not {self.config['batch_layout']!r}")
         self._clip, self._sha256, self._text, self._encoded = None, None, {}, {}
         self.heads: InCTRLHeads | None = None
+        self.training_seed = self.config["training"]["seed"]
 
     def required_weights(self) -> list[WeightFile]:
         return [] if self.config["allow_random_weights"] else [WeightFile.from_config("inctrl_clip", self.config["weights"])]
@@ -101,11 +112,18 @@ class InCTRLAdapter(Adapter):
     # ------------------------------------------------------------------ frozen CLIP
     @property
     def clip(self):
+        """The frozen CLIP, built once per process for this architecture and weights file and shared
+        by every cell, with the text features computed so far."""
         if self._clip is None:
             weight = None if self.config["allow_random_weights"] else self.required_weights()[0]
-            self._clip, self._sha256 = load_clip(self.config["clip_model"], weight, self.context.weights,
-                                                 self.config["clip_model_config"])
-            self._clip.to(self.context.device)
+
+            def build():
+                model, sha256 = load_clip(self.config["clip_model"], weight, self.context.weights, self.config["clip_model_config"])
+                return model.to(self.context.device), sha256, {}
+
+            key = ("inctrl-clip", self.config["clip_model"], self.config["clip_model_config"],
+                   weight.file if weight else None, str(self.context.device))
+            self._clip, self._sha256, self._text = self.context.features.frozen_model(key, build)
         return self._clip
 
     @torch.no_grad()
@@ -123,7 +141,8 @@ class InCTRLAdapter(Adapter):
 
     @torch.no_grad()
     def text_features(self, category: str) -> torch.Tensor:
-        name = class_name(category)
+        name = class_name(category, self.config["class_names"])
+        self.clip  # the text features are shared with the model
         if name not in self._text:
             import open_clip
 
@@ -146,66 +165,74 @@ class InCTRLAdapter(Adapter):
         return self._encoded[path]
 
     def _scores(self, heads: InCTRLHeads, query_paths: list[str], reference_paths: list[list[str]], categories: list[str]):
+        """Training forward on cached CLIP outputs; reference_paths[i] holds query i's k references."""
         queries = [self._encoded_image(p) for p in query_paths]
-        embeddings = torch.stack([q[0] for q in queries]).to(self.context.device)
-        maps, reference_embeddings = [], []
-        for query, refs in zip(queries, reference_paths):
-            encoded = [self._encoded_image(p) for p in refs]
-            reference_embeddings.append(torch.stack([e[0] for e in encoded]))
-            reference_blocks = [torch.cat([e[1][b] for e in encoded]).to(self.context.device) for b in range(len(query[1]))]
-            maps.append(patch_residual_map([blk[None].to(self.context.device) for blk in query[1]], reference_blocks)[0])
-        prior = torch.stack([text_prior(e[None], self.text_features(c))[0] for e, c in zip(embeddings, categories)])
-        return heads(embeddings, torch.stack(reference_embeddings).to(self.context.device), torch.stack(maps), prior)
+        shot = len(reference_paths[0])
+        # shot-major, as the code's `inputs[1:]`: reference s of query i at s * B + i
+        references = [self._encoded_image(refs[s]) for s in range(shot) for refs in reference_paths]
+        return self._heads_on(heads, torch.stack([q[0] for q in queries]),
+                              [torch.stack([q[1][b] for q in queries]) for b in range(len(self.config["blocks"]))],
+                              torch.stack([r[0] for r in references]),
+                              [torch.stack([r[1][b] for r in references]) for b in range(len(self.config["blocks"]))],
+                              shot, categories)
 
-    def fit_source(self, source: Domain, seed: int, workdir: Path, setting=None, target: Domain | None = None) -> Path:
-        k, training = setting.k_normal, self.config["training"]
-        table = source.table
+    def _heads_on(self, heads, embeddings, blocks, reference_embeddings, reference_blocks, shot, categories):
+        """embeddings [B, D] and per block [B, P, C] of the queries; the references' likewise,
+        [shot * B, ...] shot-major. The batch layout decides which tokens each query is compared with."""
+        device = self.context.device
+        queries, references, reference_embeddings = batch_layout(
+            [b.to(device) for b in blocks], [b.to(device) for b in reference_blocks], reference_embeddings.to(device),
+            shot, self.config["batch_layout"])
+        embeddings = embeddings.to(device)
+        prior = torch.stack([text_prior(e[None], self.text_features(c))[0] for e, c in zip(embeddings, categories)])
+        return heads(embeddings, reference_embeddings, patch_residual_map(queries, references), prior)
+
+    # ------------------------------------------------------------------ training (bases.TrainedAdapter)
+    def checkpoint_identity(self, setting) -> dict:
+        return {"config": self.config, "k": setting.k_normal}
+
+    def train(self, source: Domain, setting, target: Domain | None, folder: Path, digest: str) -> dict:
+        k, training, table = setting.k_normal, self.config["training"], source.table
         normals = table[table.label == 0]
         anomalies = table[(table.split == "test") & (table.label == 1)]
-        identity = {"config": self.config, "k": k, "images": sorted(file_sha256(p) for p in table.path)}
-        digest = config_hash(identity)
-        folder = Path(workdir) / f"k{k}-{digest}"
-        final = folder / "model.pt"
-        if not final.exists():
-            pools = {c: list(rows.path) for c, rows in normals.groupby("category")}
-            usable_anomalies = anomalies[anomalies.category.map(lambda c: len(pools.get(c, [])) >= k)]
-            usable_normals = normals[normals.category.map(lambda c: len(pools.get(c, [])) > k)]
-            if usable_anomalies.empty or usable_normals.empty:
-                raise GadbenchError(f"inctrl: source {source.name!r} has no category with {k + 1} normal images and defects")
-            torch.manual_seed(training["seed"])
-            rng = np.random.default_rng(training["seed"])
-            heads = self._new_heads().to(self.context.device)
-            optimizer = torch.optim.AdamW(heads.parameters(), lr=training["learning_rate"], betas=(0.9, 0.999))
+        pools = {c: list(rows.path) for c, rows in normals.groupby("category")}
+        usable_anomalies = anomalies[anomalies.category.map(lambda c: len(pools.get(c, [])) >= k)]
+        usable_normals = normals[normals.category.map(lambda c: len(pools.get(c, [])) > k)]
+        if usable_anomalies.empty or usable_normals.empty:
+            raise GadbenchError(f"inctrl: source {source.name!r} has no category with {k + 1} normal images and defects")
+        torch.manual_seed(training["seed"])
+        rng = np.random.default_rng(training["seed"])
+        heads = self._new_heads().to(self.context.device)
+        optimizer = torch.optim.AdamW(heads.parameters(), lr=training["learning_rate"], betas=(0.9, 0.999))
 
-            def run_epoch(epoch: int) -> float:
-                heads.train()
-                losses = []
-                for _ in range(training["steps_per_epoch"]):
-                    half = training["batch_size"] // 2
-                    picks = [usable_normals.iloc[i] for i in rng.integers(len(usable_normals), size=half)]
-                    picks += [usable_anomalies.iloc[i] for i in rng.integers(len(usable_anomalies), size=training["batch_size"] - half)]
-                    references = []
-                    for row in picks:
-                        pool = [p for p in pools[row.category] if p != row.path]  # never the query itself
-                        references.append([pool[i] for i in rng.choice(len(pool), size=k, replace=False)])
-                    labels = torch.tensor([float(r.label) for r in picks], device=self.context.device)
-                    out = self._scores(heads, [r.path for r in picks], references, [r.category for r in picks])
-                    loss = focal_loss(out["final"], labels, training["focal_input"]) + \
-                        focal_loss(out["image_residual_score"], labels, training["focal_input"])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(loss.item())
-                return float(np.mean(losses))
+        def run_epoch(epoch: int) -> float:
+            heads.train()
+            losses = []
+            for _ in range(training["steps_per_epoch"]):
+                half = training["batch_size"] // 2
+                picks = [usable_normals.iloc[i] for i in rng.integers(len(usable_normals), size=half)]
+                picks += [usable_anomalies.iloc[i] for i in rng.integers(len(usable_anomalies), size=training["batch_size"] - half)]
+                references = []
+                for row in picks:
+                    pool = [p for p in pools[row.category] if p != row.path]  # never the query itself
+                    references.append([pool[i] for i in rng.choice(len(pool), size=k, replace=False)])
+                labels = torch.tensor([float(r.label) for r in picks], device=self.context.device)
+                out = self._scores(heads, [r.path for r in picks], references, [r.category for r in picks])
+                loss = focal_loss(out["final"], labels, training["focal_input"]) + \
+                    focal_loss(out["image_residual_score"], labels, training["focal_input"])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            return float(np.mean(losses))
 
-            history = resumable_epochs(folder, digest, training["epochs"], {"heads": heads, "optimizer": optimizer}, rng, run_epoch)
-            save_atomic({"config_hash": digest, "state_dict": heads.state_dict(), "history": history}, final)
-        state = load_checkpoint(final, digest)
+        history, _ = resumable_epochs(folder, digest, training["epochs"], {"heads": heads, "optimizer": optimizer}, rng, run_epoch)
+        return {"state_dict": heads.state_dict(), "history": history}
+
+    def load(self, state: dict) -> None:
         self.heads = self._new_heads().to(self.context.device)
         self.heads.load_state_dict(state["state_dict"])
         self.heads.eval()
-        self.training_history = state["history"]
-        return final
 
     def _new_heads(self) -> InCTRLHeads:
         visual = self.clip.visual
@@ -215,27 +242,25 @@ class InCTRLAdapter(Adapter):
     # ------------------------------------------------------------------ test
     @torch.no_grad()
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
-        embeddings, blocks = self.encode(normal.images)
-        self.reference_embeddings = embeddings
-        self.reference_blocks = [b.reshape(-1, b.shape[-1]) for b in blocks]
-        self.prompts = self.text_features(category)
+        self.reference_embeddings, self.reference_blocks = self.encode(normal.images)
+        self.category = category
 
     @torch.no_grad()
     def predict(self, batch: ImageBatch) -> Prediction:
         if self.heads is None:
             raise GadbenchError("inctrl: predict before fit_source; the runner trains (or loads) the heads first")
         embeddings, blocks = self.encode(batch.images)
-        residual_map = patch_residual_map(blocks, self.reference_blocks)
-        out = self.heads(embeddings, self.reference_embeddings, residual_map, text_prior(embeddings, self.prompts))
+        shot, size = len(self.reference_embeddings), len(batch)
+        # every query of a batch shares the category's references (shot-major, as the code's test path)
+        out = self._heads_on(self.heads, embeddings, blocks, self.reference_embeddings.repeat_interleave(size, dim=0),
+                             [b.repeat_interleave(size, dim=0) for b in self.reference_blocks], shot, [self.category] * size)
         return Prediction(out["final"].cpu().numpy().astype(np.float64), None)
 
     def describe(self) -> dict:
         clip_parameters = sum(p.numel() for p in self.clip.parameters())
-        heads = self.heads or self._new_heads()
-        trainable = sum(p.numel() for p in heads.parameters())
-        history = getattr(self, "training_history", [])
+        trainable = sum(p.numel() for p in (self.heads or self._new_heads()).parameters())
         return {"name": self.name, "backbone": self.config["clip_model"], "weights_sha256": self._sha256,
                 "random_weights": self._sha256 == RANDOM, "parameters_total": clip_parameters + trainable,
-                "parameters_trainable": trainable, "pixel_level": False,
-                "training_seconds": sum(h["seconds"] for h in history), "training_epochs": len(history),
-                "focal_input": self.config["training"]["focal_input"], "preprocessing": self.preprocessing().describe()}
+                "parameters_trainable": trainable, "pixel_level": False, **self.training_summary(),
+                "focal_input": self.config["training"]["focal_input"], "batch_layout": self.config["batch_layout"],
+                "class_names": self.config["class_names"], "preprocessing": self.preprocessing().describe()}

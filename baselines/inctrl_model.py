@@ -9,7 +9,8 @@ Given frozen CLIP outputs (the image embedding and the patch tokens of blocks 7,
   holistic score      a head over (text prior + image residual score + patch residual map)
   final score         (holistic + fine-grained) / 2
 The official code reshapes [blocks, B, patches, C] with reshape(B, blocks, ...), which mixes
-images when B > 1; here every tensor keeps its batch axis first, so scores do not depend on B.
+images when B > 1; batch_layout('per-image') keeps each query with its own tokens, so scores do
+not depend on B, and batch_layout('code') reproduces the reshape (tests/conformance).
 """
 
 from __future__ import annotations
@@ -46,14 +47,39 @@ class ScoringHead(nn.Module):
         return torch.sigmoid(self.projection3(x)).squeeze(-1)
 
 
-def patch_residual_map(query_blocks: list[torch.Tensor], reference_blocks: list[torch.Tensor]) -> torch.Tensor:
-    """query_blocks: per block [B, P, C]; reference_blocks: per block [R, C] (all patches of all
-    references). Returns [B, P]: mean over blocks of min over reference patches of (1 - cos) / 2."""
-    maps = []
-    for query, reference in zip(query_blocks, reference_blocks):
-        cosine = F.normalize(query, dim=-1) @ F.normalize(reference, dim=-1).T
-        maps.append((0.5 * (1 - cosine)).amin(dim=-1))
-    return torch.stack(maps).mean(dim=0)
+BATCH_LAYOUTS = ("per-image", "code")
+
+
+def batch_layout(query_blocks: list[torch.Tensor], reference_blocks: list[torch.Tensor],
+                 reference_embeddings: torch.Tensor, shot: int, layout: str = "per-image"):
+    """Pair each query with its references' tokens. query_blocks: per block [B, P, C];
+    reference_blocks: per block [shot * B, P, C] and reference_embeddings [shot * B, D], shot-major
+    as the code's `inputs[1:]` (reference s of query i at s * B + i).
+
+    Returns queries [B, blocks, P, C], references [B, blocks, shot * P, C] and reference
+    embeddings [B, shot, D]. 'per-image' gives each query its own references. 'code' reproduces
+    the official reshapes (`Fp_list.reshape(b, 3, 225, -1)` of a [3, b, 225, C] stack and the
+    like), which hand query i the tokens of other images whenever B > 1: why the code tests with
+    batch 1, and what its training batches of 16 actually learned from."""
+    blocks, batch = len(query_blocks), query_blocks[0].shape[0]
+    patches = query_blocks[0].shape[1]
+    queries, references = torch.stack(query_blocks), torch.stack(reference_blocks)  # [blocks, B, P, C], [blocks, shot*B, P, C]
+    if layout == "code":
+        return (queries.reshape(batch, blocks, patches, -1), references.reshape(batch, blocks, patches * shot, -1),
+                reference_embeddings.reshape(batch, shot, -1))
+    if layout != "per-image":
+        raise ValueError(f"batch layout must be one of {BATCH_LAYOUTS}, not {layout!r}")
+    references = references.reshape(blocks, shot, batch, patches, -1).permute(2, 0, 1, 3, 4)
+    return (queries.transpose(0, 1), references.reshape(batch, blocks, shot * patches, -1),
+            reference_embeddings.reshape(shot, batch, -1).transpose(0, 1))
+
+
+def patch_residual_map(queries: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """queries [B, blocks, P, C] and each query's reference tokens [B, blocks, R, C] -> [B, P]:
+    per block, each query patch's min over the reference patches of (1 - cos) / 2, then the mean
+    over the blocks."""
+    cosine = F.normalize(queries, dim=-1) @ F.normalize(references, dim=-1).transpose(-1, -2)
+    return (0.5 * (1 - cosine)).amin(dim=-1).mean(dim=1)
 
 
 def text_prior(image_embedding: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

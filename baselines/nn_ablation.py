@@ -15,7 +15,6 @@ import torch
 from baselines.normal_nn import NormalNNAdapter
 from benchmark.adapter import NORMAL_ABNORMAL, ImageBatch, Prediction, ReferenceSet
 from benchmark.errors import GadbenchError
-from benchmark.maps import to_image_maps
 from nagl.model import cosine_to_unit, downsample_mask
 from nagl.similarity import flatten_patches, normal_similarity, top_percent_mean
 
@@ -53,5 +52,4 @@ class NNAblationAdapter(NormalNNAdapter):
         patch_scores = {"normal": distance_to_normal, "abnormal": closeness_to_abnormal,
                         "normal+abnormal": (closeness_to_abnormal + distance_to_normal) / 2}[self.config["variant"]]
         scores = top_percent_mean(patch_scores, self.config["top_percent"])
-        maps = to_image_maps(patch_scores.reshape(-1, *grid), batch.original_sizes, self.config["blur_sigma"])
-        return Prediction(scores.cpu().numpy().astype(np.float64), maps)
+        return Prediction(scores.cpu().numpy().astype(np.float64), patch_scores.reshape(-1, *grid))

@@ -1,132 +1,107 @@
 """PatchCore (Roth et al., CVPR 2022) as a few-shot baseline: the memory bank holds the patches of
 the k normal references only.
 
-Recipe (the official code's defaults): WideResNet-50-2, layer2 + layer3, 3 x 3 neighbourhood
-averaging, layer3 upsampled to layer2 and concatenated, greedy coreset of 10 %, 1-NN distance,
-image score = max patch score, map upsampled to the input and blurred with sigma 4, resize 256 and
-centre crop 224. The map is then put back where the crop came from in the original image (the
-cut-away border scores as the map's minimum), so PatchCore is scored on the same pixels as every
-other method. Differences from the official code, each a config key (docs/protocol.md):
-  - features are concatenated (1536-d, as anomalib) instead of the official adaptive average
-    pooling of each layer to 1024-d and of their concatenation to 1024-d;
-  - coreset: anomalib's KCenterGreedy (one random start, sparse random projection) instead of the
-    official approximate greedy sampler (10 starts, 128-d Gaussian projection);
-  - `distance: l2` (the paper, anomalib) by default; `squared_l2` is what the official faiss
-    IndexFlatL2 returns.
+Defaults = the official code (amazon-science/patchcore-inspection; baselines/patchcore_model.py
+says what each recipe does): WideResNet-50-2, layer2 + layer3, 3 x 3 neighbourhoods pooled to
+1024-d per layer and again to 1024-d (`feature_aggregation: official`), squared L2 distances (its
+faiss index), 1-NN, image score = max patch score, map upsampled bilinearly to the 224 crop and
+blurred with sigma 4 there, resize 256 + centre crop 224. The map is then put back where the crop
+came from in the original image (the cut-away border scores as the map's minimum), so PatchCore is
+scored on the same pixels as every other method. Few-shot: `coreset_ratio: 1.0` keeps every
+reference patch (a k-shot bank is small); the code's full-shot default is 0.1 with its approximate
+greedy sampler. anomalib's recipe is a set of switches: feature_aggregation concat, coreset_sampler
+anomalib, distance l2, image_score reweighted (docs/protocol.md).
 """
 
 from __future__ import annotations
 
-import math
-from functools import partial
-from unittest import mock
-
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
-from tqdm.auto import tqdm
 
-from benchmark.adapter import NORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
+from baselines.patchcore_model import (approximate_greedy_indices, concat_embedding, coreset_size, flatten_patches,
+                                       kcenter_greedy, mean_knn_score, nearest_distances, official_embedding,
+                                       reweighted_image_scores)
+from benchmark.adapter import NORMAL, ImageBatch, Prediction, ReferenceSet
+from benchmark.bases import FeatureAdapter
 from benchmark.errors import GadbenchError
-from benchmark.preprocessing import Preprocessing
+
+CHOICES = {"feature_aggregation": ("official", "concat"), "coreset_sampler": ("official-approximate", "anomalib"),
+           "distance": ("squared_l2", "l2"), "image_score": ("max", "reweighted")}
 
 
-def patch_embedding(levels: list[torch.Tensor], neighbourhood: int) -> torch.Tensor:
-    """Locally aware patch features: average each level over a neighbourhood x neighbourhood
-    window, upsample the coarser levels to the first one, concatenate. [B, C, h, w]."""
-    pooled = [F.avg_pool2d(level, neighbourhood, stride=1, padding=neighbourhood // 2) for level in levels]
-    size = pooled[0].shape[-2:]
-    resized = [pooled[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pooled[1:]]
-    return torch.cat(resized, dim=1)
-
-
-def coreset_size(bank_size: int, ratio: float) -> int:
-    return min(bank_size, math.ceil(ratio * bank_size))
-
-
-def greedy_coreset(bank: torch.Tensor, ratio: float) -> torch.Tensor:
-    """k-center greedy subsample of ceil(ratio * len(bank)) rows (anomalib's KCenterGreedy)."""
-    from anomalib.models.components.sampling import k_center_greedy
-
-    target = coreset_size(len(bank), ratio)
-    if target >= len(bank):
-        return bank
-    # KCenterGreedy keeps int(n * ratio) rows; asking for (target + 0.5) / n yields exactly `target`.
-    # Its own progress bar would print once per category: silence it.
-    with mock.patch.object(k_center_greedy, "tqdm", partial(tqdm, disable=True)):
-        sampler = k_center_greedy.KCenterGreedy(embedding=bank, sampling_ratio=(target + 0.5) / len(bank))
-        return sampler.sample_coreset()
-
-
-class PatchCoreAdapter(Adapter):
+class PatchCoreAdapter(FeatureAdapter):
     name = "patchcore"
     supports = (NORMAL,)
+    map_blur_at = "input"  # the code's RescaleSegmentor: upsample to the 224 crop, blur there
+    size_key = "crop"
     default_config = {
         "backbone": "wide_resnet50_2_imagenet",
         "layers": [2, 3],  # timm feature indices: for ResNets 2 = layer2, 3 = layer3
         "resize": 256,
         "crop": 224,
         "neighbourhood": 3,
-        "coreset_ratio": 0.1,
-        "num_neighbors": 1,  # patch score = mean distance to this many nearest bank entries
-        "distance": "l2",  # or squared_l2 (the official faiss code)
+        "feature_aggregation": "official",  # concat: anomalib's 1536-d concatenation
+        "embed_dimension": 1024,  # the code's pretrain_embed_dimension = target_embed_dimension
+        "coreset_ratio": 1.0,  # the code's full-shot default: 0.1
+        "coreset_sampler": "official-approximate",  # anomalib: KCenterGreedy
+        "num_neighbors": 1,  # patch score = mean (squared) distance to this many nearest bank rows
+        "distance": "squared_l2",  # l2: the paper and anomalib
+        "image_score": "max",  # reweighted: the paper's equation, as anomalib (reweight_neighbors 9)
+        "reweight_neighbors": 9,
         "blur_sigma": 4.0,
         "allow_random_weights": False,
     }
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        if self.config["distance"] not in ("l2", "squared_l2"):
-            raise GadbenchError(f"patchcore: distance must be l2 or squared_l2, not {self.config['distance']!r}")
+        for key, allowed in CHOICES.items():
+            if self.config[key] not in allowed:
+                raise GadbenchError(f"patchcore: {key} must be one of {allowed}, not {self.config[key]!r}")
         if not 0 < self.config["coreset_ratio"] <= 1:
             raise GadbenchError("patchcore: coreset_ratio must be in (0, 1]")
         self.patch_bank: torch.Tensor | None = None  # every reference patch, before the coreset
         self.memory_bank: torch.Tensor | None = None
 
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing.for_backbone(self.config["backbone"], self.config["crop"], resize="shorter",
-                                          resize_to=self.config["resize"], interpolation="bilinear")
-
-    @property
-    def backbone(self):
-        return self.context.features.backbone(self.config["backbone"], self.config["crop"],
-                                              self.config["allow_random_weights"], tuple(self.config["layers"]))
+    def geometry(self) -> dict:
+        return {"resize": "shorter", "resize_to": self.config["resize"], "interpolation": "bilinear"}
 
     def embed(self, batch: ImageBatch) -> torch.Tensor:
-        return patch_embedding(self.context.features.extract_layers(self.backbone, batch), self.config["neighbourhood"])
+        levels = self.context.features.extract_layers(self.backbone, batch)
+        if self.config["feature_aggregation"] == "official":
+            return official_embedding(levels, self.config["neighbourhood"], self.config["embed_dimension"])
+        return concat_embedding(levels, self.config["neighbourhood"])
+
+    def subsample(self, patches: torch.Tensor) -> torch.Tensor:
+        if self.config["coreset_ratio"] >= 1:
+            return patches
+        count = coreset_size(len(patches), self.config["coreset_ratio"])
+        if self.config["coreset_sampler"] == "anomalib":
+            return kcenter_greedy(patches, count)
+        return patches[torch.from_numpy(approximate_greedy_indices(patches, count))]
 
     @torch.no_grad()
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
-        embedding = self.embed(normal)
-        self.patch_bank = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
-        self.memory_bank = greedy_coreset(self.patch_bank, self.config["coreset_ratio"])
+        self.patch_bank = flatten_patches(self.embed(normal))
+        self.memory_bank = self.subsample(self.patch_bank)
 
     @torch.no_grad()
-    def patch_scores(self, batch: ImageBatch) -> torch.Tensor:
+    def scores(self, batch: ImageBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch scores [B, h, w] and image scores [B]."""
         embedding = self.embed(batch)
-        b, c, h, w = embedding.shape
-        queries = embedding.permute(0, 2, 3, 1).reshape(-1, c)
-        distances = torch.cdist(queries, self.memory_bank)
-        k = min(self.config["num_neighbors"], len(self.memory_bank))
-        nearest = distances.topk(k, dim=1, largest=False).values
-        if self.config["distance"] == "squared_l2":
-            nearest = nearest.pow(2)
-        return nearest.mean(dim=1).reshape(b, h, w)
+        b, _, h, w = embedding.shape
+        queries = flatten_patches(embedding)
+        distances, indices = nearest_distances(queries, self.memory_bank, self.config["num_neighbors"])
+        patch_scores = mean_knn_score(distances, self.config["distance"] == "squared_l2").reshape(b, h * w)
+        if self.config["image_score"] == "reweighted":
+            image_scores = reweighted_image_scores(patch_scores, indices[:, 0].reshape(b, h * w), queries.reshape(b, h * w, -1),
+                                                   self.memory_bank, self.config["reweight_neighbors"])
+        else:
+            image_scores = patch_scores.amax(dim=1)
+        return patch_scores.reshape(b, h, w), image_scores
 
     def predict(self, batch: ImageBatch) -> Prediction:
-        scores = self.patch_scores(batch)
-        image_scores = scores.flatten(1).amax(dim=1)
-        size = self.config["crop"]
-        upsampled = F.interpolate(scores[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-        preprocessing = self.preprocessing()
-        maps = []
-        for amap, original in zip(upsampled.cpu().numpy(), batch.original_sizes):
-            blurred = gaussian_filter(amap, sigma=self.config["blur_sigma"]) if self.config["blur_sigma"] else amap
-            maps.append(preprocessing.to_original(blurred, original))
-        return Prediction(image_scores.cpu().numpy().astype(np.float64), maps)
+        patch_scores, image_scores = self.scores(batch)
+        return Prediction(image_scores.cpu().numpy().astype(np.float64), patch_scores)
 
-    def describe(self) -> dict:
-        backbone = self.backbone.describe()
-        return {"name": self.name, **backbone, "parameters_total": backbone["parameters"], "parameters_trainable": 0,
-                "preprocessing": self.preprocessing().describe()}
+    def describe_method(self) -> dict:
+        return {**{key: self.config[key] for key in CHOICES}, "coreset_ratio": self.config["coreset_ratio"]}

@@ -1,14 +1,18 @@
 """WinCLIP+ (Jeong et al., CVPR 2023) with normal references, on anomalib's WinClipModel.
 
-open_clip ViT-B-16-plus-240 with the LAION-400M epoch-31 weights, 240 x 240 input, window scales
-2 and 3, the compositional prompt ensemble (anomalib's 7 normal states, 4 anomalous states and
-21 templates), map = mean of the zero-shot and reference maps, image score = (text score + max
-reference score) / 2: all as anomalib implements them. What this adapter adds:
+open_clip ViT-B-16-plus-240 with the LAION-400M epoch-31 weights, 240 x 240 input (squashed, as
+anomalib's pre-processor), window scales 2 and 3, the compositional prompt ensemble (anomalib's 7
+normal states, 4 anomalous states and 21 templates), map = mean of the zero-shot and reference
+maps, image score = (text score + max reference score) / 2: all as anomalib implements them
+(tests/conformance compares the two). What this adapter adds:
   - the weights come from a local file (verified, loaded with weights_only=True), never from the
     network: anomalib's constructor would download them, so it is built with pretrained=None;
   - text embeddings are computed once per class name and reused across settings and seeds;
-  - readable class names per category (configs/class_names.yaml);
-  - the 240 x 240 map is put back onto the original image (benchmark.preprocessing.to_original).
+  - `class_names: readable` (configs/class_names.yaml, e.g. pcb1 -> printed circuit board);
+    anomalib prompts with the category string as it is (`class_names: raw`);
+  - the 240 x 240 map is resized back onto the original image (benchmark.data.preprocessing.to_original);
+  - `resize: crop` (shorter side 240, centre crop) instead of anomalib's squash: the same on
+    square images, but it drops a third of a VisA image's width (pasted back as the map's minimum).
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from unittest import mock
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 
 from baselines.clip_models import clip_state_dict, register_model_config
 from benchmark.adapter import NORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
-from benchmark.class_names import class_name
-from benchmark.preprocessing import Preprocessing
-from benchmark.weights import RANDOM, WeightFile
+from benchmark.data.class_names import class_name
+from benchmark.errors import GadbenchError
+from benchmark.data.preprocessing import Preprocessing
+from benchmark.features.weights import RANDOM, WeightFile, fixed_random_init
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,12 +48,15 @@ def _winclip_module(clip_model: str):
 class WinCLIPAdapter(Adapter):
     name = "winclip"
     supports = (NORMAL,)
+    map_blur_at = "input"  # a 240 x 240 map (anomalib's); blur_sigma 0: anomalib does not blur it
     default_config = {
         "clip_model": "ViT-B-16-plus-240",
         "clip_model_config": None,  # a JSON model config for open_clip (for custom, e.g. tiny test, models)
         "image_size": 240,
         "scales": [2, 3],
         "blur_sigma": 0.0,  # anomalib's WinCLIP does not blur its map
+        "resize": "squash",  # as anomalib's pre-processor; crop: shorter side to image_size + centre crop
+        "class_names": "readable",  # raw: the category string, as anomalib (benchmark/data/class_names.py)
         "weights": {
             "file": "vit_b_16_plus_240-laion400m_e31-8fb26589.pt",
             "sha256": None,
@@ -72,36 +79,45 @@ class WinCLIPAdapter(Adapter):
 
     def preprocessing(self) -> Preprocessing:
         size = self.config["image_size"]
-        return Preprocessing(size=size, resize="shorter", resize_to=size, interpolation="bicubic",
-                             mean=OPENAI_MEAN, std=OPENAI_STD)
+        if self.config["resize"] not in ("squash", "crop"):
+            raise GadbenchError(f"winclip: resize must be squash or crop, not {self.config['resize']!r}")
+        geometry = {"resize": "squash"} if self.config["resize"] == "squash" else {"resize": "shorter", "resize_to": size}
+        return Preprocessing(size=size, interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD, **geometry)
 
     @property
     def model(self):
+        """anomalib's WinClipModel, built once per process for this architecture and weights file
+        and shared by every cell (each sets its own references and text before predicting)."""
         if self._model is None:
-            register_model_config(self.config["clip_model_config"])
-            weights = None
-            if not self.config["allow_random_weights"]:
-                state, self._weights_sha256 = self.context.weights.load_state_dict(self.required_weights()[0])
-                weights = clip_state_dict(state)
-            else:
-                self._weights_sha256 = RANDOM
-            with _winclip_module(self.config["clip_model"]) as module:
-                model = module.WinClipModel(scales=tuple(self.config["scales"]))
-            if weights is not None:
-                model.clip.load_state_dict(weights, strict=True)
-            self._model = model.eval().to(self.context.device)
+            weights = None if self.config["allow_random_weights"] else self.config["weights"]["file"]
+            key = ("winclip", self.config["clip_model"], self.config["clip_model_config"], tuple(self.config["scales"]),
+                   weights, str(self.context.device))
+            self._model, self._weights_sha256, self._text_embeddings = self.context.features.frozen_model(key, self._build)
         return self._model
 
+    def _build(self):
+        register_model_config(self.config["clip_model_config"])
+        weights, sha256 = None, RANDOM
+        if not self.config["allow_random_weights"]:
+            state, sha256 = self.context.weights.load_state_dict(self.required_weights()[0])
+            weights = clip_state_dict(state)
+        with fixed_random_init(), _winclip_module(self.config["clip_model"]) as module:
+            model = module.WinClipModel(scales=tuple(self.config["scales"]))
+        if weights is not None:
+            model.clip.load_state_dict(weights, strict=True)
+        return model.eval().to(self.context.device), sha256, {}  # the text embeddings are shared with it
+
     def text_embeddings(self, name: str) -> torch.Tensor:
+        model = self.model
         if name not in self._text_embeddings:
-            self.model._collect_text_embeddings(name)
-            self._text_embeddings[name] = self.model.text_embeddings.clone()
+            model._collect_text_embeddings(name)
+            self._text_embeddings[name] = model.text_embeddings.clone()
         return self._text_embeddings[name]
 
     @torch.no_grad()
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
         model = self.model
-        text = self.text_embeddings(class_name(category))
+        text = self.text_embeddings(class_name(category, self.config["class_names"]))
         # setup() with no class name collects only the visual (reference) embeddings; the text
         # embeddings of this class were computed once and are put back in place
         model.class_name = None
@@ -111,17 +127,11 @@ class WinCLIPAdapter(Adapter):
     @torch.no_grad()
     def predict(self, batch: ImageBatch) -> Prediction:
         output = self.model(batch.images.to(self.context.device))
-        preprocessing = self.preprocessing()
-        maps = []
-        for amap, original in zip(output.anomaly_map.float().cpu().numpy(), batch.original_sizes):
-            if self.config["blur_sigma"]:
-                amap = gaussian_filter(amap, sigma=self.config["blur_sigma"])
-            maps.append(preprocessing.to_original(amap, original))
-        return Prediction(output.pred_score.float().cpu().numpy().astype(np.float64), maps)
+        return Prediction(output.pred_score.float().cpu().numpy().astype(np.float64), output.anomaly_map.float())
 
     def describe(self) -> dict:
         model = self.model
         total = sum(p.numel() for p in model.clip.parameters())
         return {"name": self.name, "backbone": self.config["clip_model"], "weights_sha256": self._weights_sha256,
                 "random_weights": self._weights_sha256 == RANDOM, "parameters_total": total, "parameters_trainable": 0,
-                "scales": list(self.config["scales"]), "preprocessing": self.preprocessing().describe()}
+                "scales": list(self.config["scales"]), "class_names": self.config["class_names"], "preprocessing": self.preprocessing().describe()}

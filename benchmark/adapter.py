@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.preprocessing import Preprocessing
+from benchmark.data.preprocessing import Preprocessing
 
 # Reference settings an adapter can declare support for.
 NORMAL = "normal"  # N^k: k normal references
@@ -68,10 +68,13 @@ class ReferenceSet(ImageBatch):
 
 @dataclass
 class Prediction:
-    """image_scores: [B]; anomaly_maps: one [h, w] array per image at its original size, or None."""
+    """image_scores: [B] (None: the maximum of each post-processed map at the model input, as
+    ResAD scores); anomaly_maps: [B, h, w] at the method's own resolution (its patch grid or its
+    input), or None for an image-level method. The harness brings maps back to each image's
+    original size (benchmark/run/maps.py), blurring where the adapter's `map_blur_at` says."""
 
-    image_scores: np.ndarray
-    anomaly_maps: list[np.ndarray] | None = None
+    image_scores: np.ndarray | None
+    anomaly_maps: torch.Tensor | np.ndarray | None = None
 
 
 @dataclass
@@ -88,7 +91,7 @@ class RunContext:
     """What the runner lends an adapter: device, weights, feature extraction, a work folder."""
 
     device: torch.device
-    weights: Any  # benchmark.weights.WeightStore
+    weights: Any  # benchmark.features.weights.WeightStore
     features: Any  # benchmark.features.FeatureService
     workdir: Path
     allow_download: bool = False
@@ -106,7 +109,14 @@ class Adapter:
     # for run-time estimates: whether fit_source trains one model per k (NAGL, InCTRL) or one for all k
     model_per_k: ClassVar[bool] = False
     pixel_level: ClassVar[bool] = True
+    # where the harness blurs a map with the config's `blur_sigma`: at the image's 'original' size
+    # (the map resized straight there: NAGL's dists2map) or at the model 'input' (upsampled to it,
+    # blurred, then put back on the image: PatchCore's segmentor, ResAD, WinCLIP)
+    map_blur_at: ClassVar[str] = "original"
     default_config: ClassVar[dict] = {}
+    # merged into the config by `gadbench rehearse`: the shortest schedule that still takes every
+    # code path of training (benchmark/run/rehearsal.py)
+    rehearsal_config: ClassVar[dict] = {}
 
     def __init__(self, config: dict | None, context: RunContext):
         self.config = {**self.default_config, **(config or {})}
@@ -148,10 +158,10 @@ class Adapter:
         return merged
 
     def required_weights(self) -> list:
-        """The weight files this configuration loads (benchmark.weights.WeightFile), for
+        """The weight files this configuration loads (benchmark.features.weights.WeightFile), for
         `gadbench weights`. The default covers adapters with a `backbone` key from configs/backbones.yaml."""
         from benchmark.config import backbone_entry
-        from benchmark.weights import WeightFile
+        from benchmark.features.weights import WeightFile
 
         if "backbone" not in self.config or self.config.get("allow_random_weights"):
             return []

@@ -1,8 +1,8 @@
 """NAGL behind the harness's adapter contract.
 
-fit_source trains one model per k on the source domain's test split (idempotent: the checkpoint
-is named by the hash of everything that shapes it). At test time Residual Mining depends only on
-the references, so it runs once per reference set, not once per query as in the official code.
+Training: one model per k on the source domain's test split, in the harness's resumable loop
+(benchmark/bases.py keys, saves and loads the checkpoint). At test time Residual Mining depends
+only on the references, so it runs once per reference set, not once per query as in the code.
 """
 
 from __future__ import annotations
@@ -12,30 +12,61 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.adapter import NORMAL_ABNORMAL, Adapter, Domain, ImageBatch, Prediction, ReferenceSet
-from benchmark.config import config_hash
+from benchmark.adapter import NORMAL_ABNORMAL, Domain, ImageBatch, Prediction, ReferenceSet
+from benchmark.bases import FeatureAdapter, TrainedAdapter
+from benchmark.data.batches import load_batch, model_space_masks
+from benchmark.data.preprocessing import Preprocessing
 from benchmark.errors import GadbenchError
-from benchmark.batches import load_batch, model_space_masks
-from benchmark.images import file_sha256
-from benchmark.maps import to_image_maps
-from benchmark.metrics import image_metrics, pixel_metrics
-from benchmark.preprocessing import Preprocessing
+from benchmark.run.maps import maps_at_original
+from benchmark.run.metrics import auroc
+from benchmark.run.training import resumable_epochs
 from nagl.model import NAGL, downsample_mask
 from nagl.similarity import flatten_patches
-from nagl.train import EpisodeBank, TrainConfig, run_episodes, sample_episode, train
+from nagl.train import EpisodeBank, TrainConfig, code_image_score, make_optimizer, run_episodes, sample_episode, train_epoch
 
 # Part of every checkpoint's identity: bump when training changes in a way the config does not show
-# (2: the model is initialised from the training seed, not from whatever ran before in the process).
-TRAINER_VERSION = 2
+# (2: the model is initialised from the training seed; 3: the harness's checkpoint identity)
+TRAINER_VERSION = 3
 TRAINING_KEYS = {"epochs", "episodes_per_epoch", "batch_size", "learning_rate", "milestones", "gamma", "seed",
                  "image_loss", "pixel_loss_weight", "checkpoint_policy", "selection_start_epoch"}
+TEST_TIME_KEYS = ("blur_sigma", "top_percent")  # change the scores, not the model
 
 
-class NAGLAdapter(Adapter):
+def train_nagl(model: NAGL, bank: EpisodeBank, config: TrainConfig, folder: Path, digest: str,
+               device: torch.device = torch.device("cpu"), select=None, log=lambda message: None) -> dict:
+    """Episodic training in the harness's resumable loop; returns {'epoch', 'state_dict', 'history'}:
+    the last epoch, or under `official-target-selected` the best selected one (the last when none was)."""
+    categories = bank.usable_categories(config.k_normal)
+    if not categories:
+        raise ValueError(f"no source category has {config.k_normal + 1} normal images and a defect with a mask")
+    torch.manual_seed(config.seed)
+    model.to(device)
+    optimizer, scheduler = make_optimizer(model, config)
+    rng = np.random.default_rng(config.seed)
+
+    def run_epoch(epoch: int) -> float:
+        loss = train_epoch(model, bank, config, optimizer, rng, categories, device)
+        scheduler.step()
+        return loss
+
+    def score(epoch: int) -> float:
+        model.eval()
+        with torch.no_grad():
+            return select(model, epoch)
+
+    selected = select is not None and config.checkpoint_policy == "official-target-selected"
+    history, best = resumable_epochs(folder, digest, config.epochs, {"model": model, "optimizer": optimizer, "scheduler": scheduler},
+                                     rng, run_epoch, log, select=score if selected else None,
+                                     select_from=config.selection_start_epoch, selected=model)
+    if selected and best["state_dict"] is not None:
+        return {"epoch": best["epoch"], "state_dict": best["state_dict"], "history": history}
+    return {"epoch": config.epochs - 1, "state_dict": model.state_dict(), "history": history}
+
+
+class NAGLAdapter(TrainedAdapter, FeatureAdapter):
     name = "nagl"
     version = TRAINER_VERSION
     supports = (NORMAL_ABNORMAL,)
-    trains_on_source = True
     model_per_k = True
     default_config = {
         "backbone": "dinov2_vits14",
@@ -47,26 +78,22 @@ class NAGLAdapter(Adapter):
         "mask_downsample": "any-pixel",
         "position_mask": "official",
         "attention_mask_layout": "per-sample",
+        "mask_resize": "pixel-centre",  # floor: the code's cv2 / torch nearest for the abnormal reference's mask
         "training": {},  # TrainConfig fields; the defaults are the paper's schedule
         "selection_episodes": 2000,  # official-target-selected: episodes drawn on the target per epoch
         "allow_random_weights": False,
     }
+    rehearsal_config = {"training": {"epochs": 2, "episodes_per_epoch": 4, "batch_size": 2, "milestones": [1],
+                                     "selection_start_epoch": 1}, "selection_episodes": 4}
 
     def __init__(self, config, context):
         super().__init__(config, context)
         self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         self.model: NAGL | None = None
-        self.checkpoint: Path | None = None
+        self.training_seed = self.train_config(1).seed
 
-    # ------------------------------------------------------------------ shared pieces
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing.for_backbone(self.config["backbone"], self.config["input_size"], resize="squash",
-                                          interpolation="bicubic")
-
-    @property
-    def backbone(self):
-        return self.context.features.backbone(self.config["backbone"], self.config["input_size"],
-                                              self.config["allow_random_weights"])
+    def geometry(self) -> dict:
+        return {"resize": "squash", "interpolation": "bicubic", "mask_resize": self.config["mask_resize"]}
 
     def uses_target_for_training(self) -> bool:
         return self.train_config(1).checkpoint_policy == "official-target-selected"
@@ -98,65 +125,64 @@ class NAGLAdapter(Adapter):
         return EpisodeBank(torch.cat(features), pixel_masks, patch_masks, list(tests.category),
                            list(tests.label), list(tests.defect), grid)
 
-    # ------------------------------------------------------------------ contract
-    def fit_source(self, source: Domain, seed: int, workdir: Path, setting=None, target: Domain | None = None) -> Path:
+    # ------------------------------------------------------------------ training (bases.TrainedAdapter)
+    def checkpoint_identity(self, setting) -> dict:
+        config = {key: value for key, value in self.config.items() if key not in TEST_TIME_KEYS}
+        return {"config": config, "k": setting.k_normal, "weights": self.backbone.weights_sha256}
+
+    def training_rows(self, source: Domain):
+        return source.table[source.table.split == "test"]
+
+    def train(self, source: Domain, setting, target: Domain | None, folder: Path, digest: str) -> dict:
         """One model per k, trained with the config's seed (111): the cell's reference seed does not
         change the model, so all seeds of a k share one checkpoint, as in the paper."""
-        k = setting.k_normal
-        config = self.train_config(k)
-        tests = source.table[source.table.split == "test"]
-        identity = {"config": {key: value for key, value in self.config.items() if key not in ("blur_sigma", "top_percent")},
-                    "k": k, "source_images": sorted(file_sha256(p) for p in tests.path), "trainer_version": TRAINER_VERSION,
-                    "weights": self.backbone.weights_sha256}
+        config = self.train_config(setting.k_normal)
+        bank = self.episode_bank(source)
+        torch.manual_seed(config.seed)  # the initial weights come from the training seed alone
+        model = self.build_model(bank.features.shape[-1])
+        select = None
         if config.checkpoint_policy == "official-target-selected":
-            identity["target_images"] = sorted(file_sha256(p) for p in target.table[target.table.split == "test"].path)
-        digest = config_hash(identity)
-        folder = Path(workdir) / f"k{k}-{digest}"
-        final = folder / "model.pt"
-        if not final.exists():
-            bank = self.episode_bank(source)
-            torch.manual_seed(config.seed)  # the initial weights come from the training seed alone
-            model = self.build_model(bank.features.shape[-1])
-            select = None
-            if config.checkpoint_policy == "official-target-selected":
-                select = self._target_selector(self.episode_bank(target), k)
-            train(model, bank, config, folder, digest, self.context.device, select, log=lambda m: None)
-        self._load(final, digest)
-        return final
+            select = self._target_selector(self.episode_bank(target), setting.k_normal, config.seed)
+        return train_nagl(model, bank, config, folder, digest, self.context.device, select)
 
-    def _load(self, path: Path, digest: str) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("config_hash") != digest:
-            raise GadbenchError(f"{path}: checkpoint was trained with a different config; delete it to retrain")
-        dim = state["state_dict"]["proxies.weight"].shape[1]
-        model = self.build_model(dim)
+    def load(self, state: dict) -> None:
+        model = self.build_model(state["state_dict"]["proxies.weight"].shape[1])
         model.load_state_dict(state["state_dict"], strict=True)
-        self.model, self.checkpoint = model.eval().to(self.context.device), path
-        self.checkpoint_epoch = state["epoch"]
-        self.training_history = state.get("history", [])
+        self.model, self.checkpoint_epoch = model.eval().to(self.context.device), state["epoch"]
 
-    def _target_selector(self, bank: EpisodeBank, k: int):
-        """The official choice: image + pixel AUROC of episodes drawn on the TARGET (it leaks the target)."""
-        episodes_count, batch_size = self.config["selection_episodes"], 8
+    def _target_selector(self, bank: EpisodeBank, k: int, seed: int):
+        """The official checkpoint choice (train.py, utils/metrics.py), which leaks the target: each
+        epoch, `selection_episodes` fresh episodes drawn on the TARGET (seeded by the training seed
+        and the epoch: the code's are unseeded); image score = mean of the top-20 patch scores;
+        pixel map = the patch score upsampled bilinearly to the input size and blurred with sigma
+        4 there; image and pixel AUROC per category, each averaged over categories; value = sum."""
+        count, device = self.config["selection_episodes"], self.context.device
         categories = bank.usable_categories(k)
+        input_size = tuple(bank.pixel_masks.shape[-2:])  # the episodes' masks are at the model input
+        squash = Preprocessing(size=input_size[0])
 
-        def select(model: NAGL) -> float:
-            rng = np.random.default_rng(0)
-            labels, scores, masks, maps = [], [], [], []
-            for start in range(0, episodes_count, batch_size):
-                episodes = [sample_episode(rng, bank, k, categories) for _ in range(min(batch_size, episodes_count - start))]
-                output = run_episodes(model, bank, episodes, self.context.device)
-                labels += [e.label for e in episodes]
-                scores += output["image_score"].cpu().tolist()
-                size = bank.pixel_masks.shape[-2:]
-                grid_maps = output["score"].reshape(-1, 1, *bank.grid)
-                upsampled = torch.nn.functional.interpolate(grid_maps, size=size, mode="bilinear", align_corners=False)[:, 0]
-                maps += list(upsampled.cpu().numpy())
-                masks += [bank.pixel_masks[e.query].numpy() for e in episodes]
-            return image_metrics(labels, scores)["image_auroc"] + pixel_metrics(masks, maps)["pixel_auroc"]
+        def select(model: NAGL, epoch: int) -> float:
+            rng = np.random.default_rng([seed, epoch])
+            episodes = [sample_episode(rng, bank, k, categories) for _ in range(count)]
+            image_aurocs, pixel_aurocs = [], []
+            for category in sorted({bank.categories[e.query] for e in episodes}):
+                chosen = [e for e in episodes if bank.categories[e.query] == category]
+                scores, maps = [], []
+                for start in range(0, len(chosen), 8):
+                    output = run_episodes(model, bank, chosen[start:start + 8], device)
+                    scores += code_image_score(output["score"]).cpu().tolist()
+                    patch_maps = output["score"].reshape(-1, *bank.grid)
+                    maps += maps_at_original(patch_maps, [input_size] * len(patch_maps), squash, sigma=4.0)[0]
+                image_aurocs.append(auroc([e.label for e in chosen], scores))
+                masks = np.stack([bank.pixel_masks[e.query].numpy() for e in chosen])
+                pixel_aurocs.append(auroc(masks, np.stack(maps)))
+            if np.isnan(image_aurocs).all() or np.isnan(pixel_aurocs).all():
+                return float("nan")  # no category drew both labels: this epoch cannot be compared (never chosen)
+            return float(np.nanmean(image_aurocs) + np.nanmean(pixel_aurocs))
 
         return select
 
+    # ------------------------------------------------------------------ contract
     @torch.no_grad()
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
         if self.model is None:
@@ -179,20 +205,14 @@ class NAGLAdapter(Adapter):
         size = len(batch)
         normal = self.normal_tokens.reshape(1, -1, tokens.shape[-1]).expand(size, -1, -1)
         output = self.model(tokens, normal, grid, residual_proxies=self.residual_proxies.expand(size, -1, -1))
-        maps = to_image_maps(output["score"].reshape(size, *grid), batch.original_sizes, self.config["blur_sigma"])
-        return Prediction(output["image_score"].cpu().numpy().astype(np.float64), maps)
+        return Prediction(output["image_score"].cpu().numpy().astype(np.float64), output["score"].reshape(size, *grid))
 
-    def describe(self) -> dict:
-        backbone = self.backbone.describe()
-        trainable = sum(p.numel() for p in self.model.parameters()) if self.model is not None else None
+    def trainable_parameters(self) -> int | None:
+        return sum(p.numel() for p in self.model.parameters()) if self.model is not None else None
+
+    def describe_method(self) -> dict:
         config = self.train_config(1)
-        return {"name": self.name, **backbone, "parameters_trainable": trainable,
-                "parameters_total": backbone["parameters"] + (trainable or 0),
-                "checkpoint_policy": config.checkpoint_policy, "image_loss": config.image_loss,
-                "checkpoint_epoch": getattr(self, "checkpoint_epoch", None),
-                "training_seconds": sum(h["seconds"] for h in getattr(self, "training_history", [])),
-                "training_epochs": len(getattr(self, "training_history", [])),
-                "final_training_loss": (getattr(self, "training_history", None) or [{}])[-1].get("loss"),
+        return {"checkpoint_policy": config.checkpoint_policy, "image_loss": config.image_loss,
+                "checkpoint_epoch": getattr(self, "checkpoint_epoch", None), **self.training_summary(),
                 "mask_downsample": self.config["mask_downsample"], "position_mask": self.config["position_mask"],
-                "attention_mask_layout": self.config["attention_mask_layout"],
-                "preprocessing": self.preprocessing().describe()}
+                "attention_mask_layout": self.config["attention_mask_layout"], "mask_resize": self.config["mask_resize"]}

@@ -88,11 +88,44 @@ def normal_similarity(query: torch.Tensor, normal: torch.Tensor) -> torch.Tensor
     return cosine_to_unit(query, normal).amax(dim=-1)
 
 
+def nearest_normal_index(features: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """For each patch of features [B, N, C], the index of its nearest patch in normal [B, Q, C],
+    chosen by raw dot product (as the official code, not by cosine): [B, N]."""
+    return (features @ normal.transpose(1, 2)).argmax(dim=-1)
+
+
 def nearest_normal_residual(features: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
-    """Each patch minus its nearest normal patch, the neighbour chosen by raw dot product (as the
-    official code): [B, N, C] and [B, Q, C] -> [B, N, C]."""
-    nearest = (features @ normal.transpose(1, 2)).argmax(dim=-1)
+    """Each patch minus its nearest normal patch (nearest_normal_index): [B, N, C]."""
+    nearest = nearest_normal_index(features, normal)
     return features - torch.gather(normal, 1, nearest[..., None].expand(-1, -1, normal.shape[-1]))
+
+
+# official parameter name prefix -> this module's (the official code's models/model.py)
+OFFICIAL_PREFIXES = {"learnable_proxies.": "proxies.",
+                     "rm_ca.multihead_attn.": "rm_cross.attention.", "rm_ca.norm.": "rm_cross.norm.",
+                     "rm_sa.self_attn.": "rm_self.attention.", "rm_sa.norm.": "rm_self.norm.",
+                     "afl_ca.multihead_attn.": "afl_cross.attention.", "afl_ca.norm.": "afl_cross.norm.",
+                     "afl_sa.self_attn.": "afl_self.attention.", "afl_sa.norm.": "afl_self.norm."}
+
+
+def from_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An official NAGL state_dict or checkpoint (n_<k>_a_<j>_best.pth, DDP 'module.' prefixes
+    allowed) -> this module's names. The backbone is not part of this model and is dropped; the
+    frozen mask_downsample kernel is a fixed all-ones conv here and must be all ones there."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("vision_encoder."):
+            continue
+        if key == "mask_downsample.weight":
+            if not torch.all(value == 1):
+                raise ValueError("mask_downsample.weight is not the official all-ones kernel")
+            continue
+        prefix = next((p for p in OFFICIAL_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"unknown official NAGL parameter {key!r}")
+        out[OFFICIAL_PREFIXES[prefix] + key[len(prefix):]] = value
+    return out
 
 
 class AttentionLayer(nn.Module):
@@ -130,7 +163,7 @@ class NAGL(nn.Module):
         self.afl_cross, self.afl_self = AttentionLayer(dim, heads), AttentionLayer(dim, heads)
 
     # ------------------------------------------------------------------ pieces
-    def _attention_mask(self, anomalous: torch.Tensor, queries: int) -> torch.Tensor:
+    def attention_mask(self, anomalous: torch.Tensor, queries: int) -> torch.Tensor:
         """anomalous [B, S] in {0, 1} -> additive float mask [B * heads, queries, S]."""
         additive = -1e9 * (1 - anomalous)
         if self.attention_mask_layout == "per-sample":
@@ -154,7 +187,7 @@ class NAGL(nn.Module):
         position = sine_position_encoding(*grid, dim, padding).to(flat.device)
         position = position.expand(batch * refs, -1, -1).reshape(batch, refs * patches, dim)
         proxies = self.proxies.weight[None].expand(batch, -1, -1)
-        mask = self._attention_mask(abnormal_patch_mask.reshape(batch, refs * patches), proxies.shape[1])
+        mask = self.attention_mask(abnormal_patch_mask.reshape(batch, refs * patches), proxies.shape[1])
         proxies = self.rm_cross(proxies, flat + position, residuals, attn_mask=mask)
         return self.rm_self(proxies, proxies, proxies)
 

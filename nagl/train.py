@@ -11,18 +11,13 @@ Schedule (the paper): 500 episodes per epoch, batch 8, 20 epochs, AdamW lr 1e-5 
 lr x 0.1 at epochs 10 and 15, seed 111. Loss = image loss + pixel loss; pixel: sigmoid focal
 (alpha 0.25, gamma 2) + Dice on [s_n, s_a] upsampled to the input against [1 - mask, mask];
 image: 'code' = cross-entropy over [1 - s, s], s = mean of the top-20 patches; 'paper' = BCE on
-the top-1 % mean. Training state is saved after every epoch, so an interrupted run resumes at the
-last finished epoch and ends with the same weights as an uninterrupted one.
+the top-1 % mean. The epochs themselves run in the harness's resumable loop
+(benchmark/run/training.py, called by nagl/adapter.py), which saves the state after every epoch.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -118,6 +113,11 @@ def sample_episode(rng: np.random.Generator, bank: EpisodeBank, k: int, categori
     return Episode(normal_queries[rng.integers(len(normal_queries))], normal, abnormal, 0)
 
 
+def code_image_score(patch_scores: torch.Tensor, top: int = 20) -> torch.Tensor:
+    """The image score of the code's training and validation: mean of the top-20 patch scores."""
+    return patch_scores.topk(min(top, patch_scores.shape[1]), dim=1).values.mean(dim=1)
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """The official Dice: softmax over the two channels, then per channel 1 - mean Dice, summed."""
     probabilities = logits.softmax(dim=1)
@@ -139,7 +139,7 @@ def episode_loss(output: dict, pixel_masks: torch.Tensor, labels: torch.Tensor, 
     target = torch.stack([1 - pixel_masks, pixel_masks], dim=1)
     pixel = sigmoid_focal_loss(maps, target, alpha=0.25, gamma=2.0, reduction="mean") + dice_loss(maps, target)
     if config.image_loss == "code":
-        score = output["score"].topk(min(20, output["score"].shape[1]), dim=1).values.mean(dim=1)
+        score = code_image_score(output["score"])
         image = F.cross_entropy(torch.stack([1 - score, score], dim=1), labels.long())
     else:
         score = top_percent_mean(output["score"], 1.0).clamp(1e-6, 1 - 1e-6)
@@ -158,75 +158,25 @@ def run_episodes(model: NAGL, bank: EpisodeBank, episodes: list[Episode], device
     return model(query, normal, bank.grid, abnormal, abnormal_mask)
 
 
-def _save_atomic(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(state, temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def train(model: NAGL, bank: EpisodeBank, config: TrainConfig, workdir: Path, config_hash: str,
-          device: torch.device = torch.device("cpu"), select: Callable[[NAGL], float] | None = None,
-          log: Callable[[str], None] = print) -> Path:
-    """Train (or resume) and return the chosen checkpoint: {'config_hash', 'epoch', 'state_dict'}."""
-    workdir = Path(workdir)
-    state_path, final_path = workdir / "training_state.pt", workdir / "model.pt"
-    categories = bank.usable_categories(config.k_normal)
-    if not categories:
-        raise ValueError(f"no source category has {config.k_normal + 1} normal images and a defect with a mask")
-    torch.manual_seed(config.seed)
-    model.to(device)
+def make_optimizer(model: NAGL, config: TrainConfig):
+    """AdamW (0.9, 0.999) over the trainable parameters, lr x gamma at each milestone (the code's)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.gamma)
-    rng = np.random.default_rng(config.seed)
-    start_epoch, best, history = 0, {"score": -np.inf, "epoch": None, "state_dict": None}, []
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state["config_hash"] != config_hash:
-            raise ValueError(f"{state_path} was written by a different training config; delete it to retrain")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        log(f"resuming NAGL training at epoch {start_epoch} from {state_path}")
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        losses, started = [], time.perf_counter()
-        for _ in range(0, config.episodes_per_epoch, config.batch_size):
-            episodes = [sample_episode(rng, bank, config.k_normal, categories) for _ in range(config.batch_size)]
-            output = run_episodes(model, bank, episodes, device)
-            masks = bank.pixel_masks[torch.as_tensor([e.query for e in episodes])].float().to(device)
-            labels = torch.as_tensor([e.label for e in episodes], device=device)
-            loss, _ = episode_loss(output, masks, labels, bank.grid, config)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        scheduler.step()
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started})
-        message = f"epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.4f}"
-        if config.checkpoint_policy == "official-target-selected" and epoch >= config.selection_start_epoch:
-            model.eval()
-            with torch.no_grad():
-                score = select(model)
-            message += f", target selection score {score:.4f}"
-            if score >= best["score"]:  # '>=' as the code: a later equal epoch wins
-                best = {"score": float(score), "epoch": epoch, "state_dict": {k: v.clone() for k, v in model.state_dict().items()}}
-        log(message)
-        _save_atomic({"config_hash": config_hash, "epoch": epoch, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "best": best,
-                      "history": history, "config": asdict(config)}, state_path)
-    if config.checkpoint_policy == "official-target-selected" and best["state_dict"] is not None:
-        chosen, epoch = best["state_dict"], best["epoch"]
-    else:
-        chosen, epoch = model.state_dict(), config.epochs - 1
-    _save_atomic({"config_hash": config_hash, "epoch": epoch, "state_dict": chosen, "history": history}, final_path)
-    return final_path
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.gamma)
+
+
+def train_epoch(model: NAGL, bank: EpisodeBank, config: TrainConfig, optimizer, rng: np.random.Generator,
+                categories: list[str], device: torch.device = torch.device("cpu")) -> float:
+    """episodes_per_epoch episodes in batches; one optimizer step per batch. Returns the mean loss."""
+    model.train()
+    losses = []
+    for _ in range(0, config.episodes_per_epoch, config.batch_size):
+        episodes = [sample_episode(rng, bank, config.k_normal, categories) for _ in range(config.batch_size)]
+        output = run_episodes(model, bank, episodes, device)
+        masks = bank.pixel_masks[torch.as_tensor([e.query for e in episodes])].float().to(device)
+        labels = torch.as_tensor([e.label for e in episodes], device=device)
+        loss, _ = episode_loss(output, masks, labels, bank.grid, config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))

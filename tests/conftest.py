@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.datasets.synthetic import generate
+from benchmark.data.synthetic import generate
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_COUNTS = {"train_good": 8, "test_good": 3, "test_per_defect": 2}

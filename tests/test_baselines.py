@@ -1,6 +1,5 @@
 """PatchCore and WinCLIP adapters on small configurations: real mechanics, not just shapes."""
 
-import math
 import re
 from pathlib import Path
 from unittest import mock
@@ -9,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.patchcore import PatchCoreAdapter, coreset_size, patch_embedding
+from baselines.patchcore import PatchCoreAdapter
+from baselines.patchcore_model import concat_embedding, coreset_size
 from baselines.winclip import WinCLIPAdapter
 from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
 from benchmark.cli import main
-from benchmark.features import FeatureService
-from benchmark.weights import WeightStore
+from benchmark.features.service import FeatureService
+from benchmark.features.weights import WeightStore
+from stored_features import scored
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -32,27 +33,29 @@ def batch(images, sizes=None, cls=ImageBatch):
 
 @pytest.fixture
 def patchcore(tmp_path):
-    config = {"backbone": "lite0_imagenet", "crop": 64, "resize": 72, "coreset_ratio": 0.25}
+    config = {"backbone": "lite0_imagenet", "crop": 64, "resize": 72, "coreset_ratio": 0.25, "feature_aggregation": "concat",
+              "coreset_sampler": "anomalib"}
     return PatchCoreAdapter(config, context(tmp_path))
 
 
-def test_patchcore_bank_equals_reference_patches_and_coreset_is_ceil(patchcore):
+def test_patchcore_bank_equals_reference_patches_and_coreset_is_a_subset(patchcore):
     torch.manual_seed(0)
     refs = batch(torch.randn(2, 3, 64, 64), cls=ReferenceSet)
     patchcore.set_references("x", refs, None)
     levels = patchcore.context.features.extract_layers(patchcore.backbone, refs)
     assert [level.shape[-1] for level in levels] == [8, 4]  # stride 8 and 16 at 64 px
-    expected = patch_embedding(levels, 3).permute(0, 2, 3, 1).reshape(-1, 40 + 112)
+    expected = concat_embedding(levels, 3).permute(0, 2, 3, 1).reshape(-1, 40 + 112)
     assert torch.equal(patchcore.patch_bank, expected)  # every reference patch, before the coreset
     assert len(patchcore.patch_bank) == 2 * 8 * 8
-    assert len(patchcore.memory_bank) == math.ceil(0.25 * 128) == coreset_size(128, 0.25)
+    assert len(patchcore.memory_bank) == int(0.25 * 128) == coreset_size(128, 0.25)
+    assert coreset_size(784, 0.1) == 78 and coreset_size(5, 0.1) == 1  # int(n * ratio) as the code, never empty
     rows = {tuple(r.tolist()) for r in patchcore.patch_bank}
     assert all(tuple(r.tolist()) in rows for r in patchcore.memory_bank)  # a subset of real patches
 
 
 def test_patchcore_neighbourhood_average_then_upsample_then_concatenate():
     fine, coarse = torch.arange(16.0).reshape(1, 1, 4, 4), torch.ones(1, 2, 2, 2)
-    out = patch_embedding([fine, coarse], 3)
+    out = concat_embedding([fine, coarse], 3)
     assert out.shape == (1, 3, 4, 4)
     assert out[0, 0, 1, 1] == pytest.approx(fine[0, 0, :3, :3].mean().item())  # 3x3 mean
     assert out[0, 0, 0, 0] == pytest.approx(fine[0, 0, :2, :2].sum().item() / 9)  # zero padding counts
@@ -66,10 +69,10 @@ def test_patchcore_scores_a_reference_as_perfectly_normal_and_is_batch_invariant
     refs = torch.randn(2, 3, 64, 64)
     adapter.set_references("x", batch(refs, cls=ReferenceSet), None)
     queries = torch.randn(4, 3, 64, 64)
-    together = adapter.predict(batch(queries))
+    together = scored(adapter, batch(queries))
     # its own patches are in the bank: distance 0 up to matrix-product rounding
-    assert adapter.predict(batch(refs[:1])).image_scores[0] < 0.01 * together.image_scores.min()
-    one_by_one = [adapter.predict(batch(queries[i:i + 1])).image_scores[0] for i in range(4)]
+    assert scored(adapter, batch(refs[:1])).image_scores[0] < 0.01 * together.image_scores.min()
+    one_by_one = [scored(adapter, batch(queries[i:i + 1])).image_scores[0] for i in range(4)]
     np.testing.assert_allclose(together.image_scores, one_by_one, rtol=1e-5)
     assert (together.image_scores > 0).all()
     assert together.anomaly_maps[0].shape == (74, 94) and (together.anomaly_maps[0] >= 0).all()
@@ -127,13 +130,13 @@ def test_winclip_both_branches_change_the_scores_and_text_is_encoded_once(tmp_pa
     refs_a, refs_b, queries = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64), torch.randn(4, 3, 64, 64)
     with mock.patch.object(adapter.model, "_collect_text_embeddings", wraps=adapter.model._collect_text_embeddings) as spy:
         adapter.set_references("pcb1", batch(refs_a, cls=ReferenceSet), None)
-        base = adapter.predict(batch(queries))
+        base = scored(adapter, batch(queries))
         adapter.set_references("pcb1", batch(refs_b, cls=ReferenceSet), None)
-        other_refs = adapter.predict(batch(queries))
+        other_refs = scored(adapter, batch(queries))
         adapter.set_references("pcb2", batch(refs_a, cls=ReferenceSet), None)  # same readable name as pcb1
-        same_name = adapter.predict(batch(queries))
+        same_name = scored(adapter, batch(queries))
         adapter.set_references("screw", batch(refs_a, cls=ReferenceSet), None)
-        other_text = adapter.predict(batch(queries))
+        other_text = scored(adapter, batch(queries))
     assert spy.call_count == 2  # 'printed circuit board' once, 'screw' once
     assert not np.allclose(base.image_scores, other_refs.image_scores)  # the reference branch matters
     np.testing.assert_allclose(base.image_scores, same_name.image_scores, rtol=1e-6)
@@ -147,8 +150,8 @@ def test_winclip_batch_of_one_equals_batch_of_four(tmp_path, tiny_clip):
     torch.manual_seed(3)
     adapter.set_references("bottle", batch(torch.randn(1, 3, 64, 64), cls=ReferenceSet), None)
     queries = torch.randn(4, 3, 64, 64)
-    together = adapter.predict(batch(queries))
-    single = [adapter.predict(batch(queries[i:i + 1])) for i in range(4)]
+    together = scored(adapter, batch(queries))
+    single = [scored(adapter, batch(queries[i:i + 1])) for i in range(4)]
     np.testing.assert_allclose(together.image_scores, [s.image_scores[0] for s in single], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(together.anomaly_maps[2], single[2].anomaly_maps[0], rtol=1e-4, atol=1e-6)
 

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from benchmark.datasets import SAMPLE_COLUMNS, DatasetSpec, read_dataset
-from benchmark.datasets.magnetic_tile import goes_to_test, read_magnetic_tile
-from benchmark.datasets.mvtec import read_mvtec
-from benchmark.datasets.synthetic import DOMAINS, _render, _stream, generate, render_sample
-from benchmark.datasets.visa import read_visa
+from benchmark.data import SAMPLE_COLUMNS, DatasetSpec, read_dataset
+from benchmark.data.magnetic_tile import goes_to_test, read_magnetic_tile
+from benchmark.data.mvtec import read_mvtec
+from benchmark.data.synthetic import DOMAINS, _render, _stream, generate, render_sample
+from benchmark.data.visa import read_visa
 from benchmark.errors import GadbenchError
 
 
@@ -93,7 +93,7 @@ def test_visa_original_and_relaid_layouts_give_the_same_table(tmp_path):
 def test_visa_masks_with_class_ids_count_as_defects_with_threshold_zero(tmp_path):
     spec = DatasetSpec("visa", "visa", make_visa_original(tmp_path / "visa"), mask_threshold=0)
     table = read_dataset(spec)
-    from benchmark.images import load_mask
+    from benchmark.data.images import load_mask
 
     mask_path = table[table.label == 1]["mask"].iloc[0]
     assert load_mask(mask_path, (16, 16), spec.mask_threshold).all()

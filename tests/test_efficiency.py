@@ -5,8 +5,8 @@ import json
 import yaml
 
 from benchmark.cli import main
-from benchmark.features import build_backbone
-from benchmark.weights import WeightStore
+from benchmark.features.backbones import build_backbone
+from benchmark.features.weights import WeightStore
 
 
 def _bench_file(tmp_path, synthetic_root):
@@ -27,7 +27,7 @@ def test_bench_measures_a_method_and_writes_the_table_with_its_conditions(tmp_pa
     bench = _bench_file(tmp_path, synthetic_root)
     results = tmp_path / "results"
     assert main(["bench", "-e", str(bench), "--results", str(results), "--device", "cpu"]) == 0
-    row = json.loads((results / "efficiency" / "cpu" / "nn_tiny.json").read_text())
+    row = json.loads((results / "efficiency" / "efficiency_tiny" / "cpu" / "nn_tiny.json").read_text())
     assert row["status"] == "done" and row["device"] == "cpu" and row["precision"] == "float32"
     assert row["image_size"] == 64 and row["best_batch"] in (1, 2)
     assert row["throughput_batch1"] > 0 and row["throughput_best"] >= row["throughput_batch1"]
@@ -35,7 +35,7 @@ def test_bench_measures_a_method_and_writes_the_table_with_its_conditions(tmp_pa
     backbone = build_backbone("lite0_imagenet", WeightStore(), 64)
     assert abs(row["parameters_total_m"] - sum(p.numel() for p in backbone.module.parameters()) / 1e6) < 1e-9
     assert row["parameters_trainable_m"] == 0
-    csv = (results / "tables" / "efficiency.csv").read_text()
+    csv = (results / "tables" / "efficiency_tiny" / "efficiency.csv").read_text()
     assert "device_name" in csv and "process peak RSS" in csv
     capsys.readouterr()
     assert main(["bench", "-e", str(bench), "--results", str(results), "--device", "cpu"]) == 0
@@ -43,16 +43,16 @@ def test_bench_measures_a_method_and_writes_the_table_with_its_conditions(tmp_pa
 
 
 def test_cpu_and_gpu_rows_get_tables_of_their_own(tmp_path):
-    from benchmark.efficiency import write_efficiency_tables
+    from benchmark.outputs.efficiency_tables import write_efficiency_tables
 
     base = {"method": "m", "label": "M", "status": "done", "precision": "float32", "threads": 2, "image_size": 448,
             "parameters_total_m": 3.0, "parameters_trainable_m": 0.0, "throughput_batch1": 5.0, "best_batch": 4,
             "throughput_best": 9.0, "peak_memory_mib": 800.0, "source": "s"}
     for device, name, memory in (("cpu", "AMD EPYC (2 cores)", "process peak RSS"), ("cuda", "NVIDIA H100", "CUDA max allocated")):
-        folder = tmp_path / "efficiency" / device
+        folder = tmp_path / "efficiency" / "bench" / device
         folder.mkdir(parents=True)
         (folder / "m.json").write_text(json.dumps({**base, "device": device, "device_name": name, "memory_kind": memory}))
-    tex = write_efficiency_tables(tmp_path, echo=lambda *_: None)[1].read_text()
+    tex = write_efficiency_tables(tmp_path, "bench", echo=lambda *_: None)[1].read_text()
     blocks = tex.split(r"\begin{tabular}")[1:]
     assert len(blocks) == 2
     captions = tex.split(r"\caption{")[1:]
@@ -60,8 +60,8 @@ def test_cpu_and_gpu_rows_get_tables_of_their_own(tmp_path):
 
 
 def test_estimate_counts_query_images_and_models_from_the_grid(tmp_path, synthetic_root):
-    from benchmark.estimate import estimate
-    from benchmark.experiment import load_experiment
+    from benchmark.outputs.estimate import estimate
+    from benchmark.run.experiment import load_experiment
     from conftest import write_experiment
 
     nagl = {"name": "nagl_tiny", "adapter": "nagl", "config": {"backbone": "lite0_imagenet", "input_size": 64}}
@@ -71,7 +71,7 @@ def test_estimate_counts_query_images_and_models_from_the_grid(tmp_path, synthet
     figures = {"nagl_tiny": {"images_per_second": 2.0, "training_seconds": 60.0},
                "nn_tiny": {"images_per_second": 4.0, "training_seconds": None}}
     table = estimate(experiment, figures).set_index("method")
-    from benchmark.datasets import read_dataset
+    from benchmark.data import read_dataset
 
     tests = {name: int((read_dataset(experiment.datasets[name]).split == "test").sum()) for name in ("tiny_objects", "tiny_textures")}
     tests_per_domain = sum(tests.values()) / 2  # each domain is a target once

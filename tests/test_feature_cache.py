@@ -6,12 +6,12 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import torch
 
-from benchmark.batches import load_batch
+from benchmark.data.batches import load_batch
 from benchmark.cli import main
-from benchmark.feature_cache import DiskFeatureCache
-from benchmark.features import FeatureService
-from benchmark.preprocessing import Preprocessing
-from benchmark.weights import WeightStore
+from benchmark.features.disk_cache import DiskFeatureCache
+from benchmark.features.service import FeatureService
+from benchmark.data.preprocessing import Preprocessing
+from benchmark.features.weights import WeightStore
 from conftest import write_experiment
 
 

@@ -9,9 +9,11 @@ import torch
 from baselines.inctrl import InCTRLAdapter, prompt_ensemble
 from baselines.inctrl_model import patch_residual_map
 from benchmark.adapter import Domain, ImageBatch, ReferenceSet, RunContext
-from benchmark.datasets.mvtec import read_mvtec
-from benchmark.references import parse_setting
-from benchmark.weights import WeightStore
+from benchmark.data.mvtec import read_mvtec
+from benchmark.data.references import parse_setting
+from benchmark.features.service import FeatureService
+from benchmark.features.weights import WeightStore
+from stored_features import scored
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = {"clip_model": "tiny-clip", "clip_model_config": str(FIXTURES / "tiny-clip.json"), "image_size": 64,
@@ -21,7 +23,7 @@ TINY = {"clip_model": "tiny-clip", "clip_model_config": str(FIXTURES / "tiny-cli
 
 def adapter(tmp_path, **overrides):
     store = WeightStore(tmp_path / "w")
-    return InCTRLAdapter({**TINY, **overrides}, RunContext(torch.device("cpu"), store, None, tmp_path))
+    return InCTRLAdapter({**TINY, **overrides}, RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path))
 
 
 def save_tiny_clip(folder: Path) -> None:
@@ -56,8 +58,11 @@ def test_prompt_ensemble_is_7_and_4_states_by_22_templates():
 
 def test_patch_residual_is_zero_for_a_reference_and_averaged_over_blocks():
     ref = torch.randn(10, 8)
-    blocks = [ref[None, :4], (2 * ref)[None, :4]]
-    assert torch.allclose(patch_residual_map(blocks, [ref, 2 * ref]), torch.zeros(1, 4), atol=1e-6)
+    queries = torch.stack([ref[:4], 2 * ref[:4]])[None]  # [B=1, blocks=2, P=4, C]
+    references = torch.stack([ref, 2 * ref])[None]
+    assert torch.allclose(patch_residual_map(queries, references), torch.zeros(1, 4), atol=1e-6)
+    opposite = torch.stack([-ref[:1], -ref[:1]])[None]  # (1 - cos) / 2 = 1 in both blocks
+    assert torch.allclose(patch_residual_map(opposite, torch.stack([ref[:1], 3 * ref[:1]])[None]), torch.ones(1, 1), atol=1e-6)
 
 
 def test_training_lowers_the_loss_and_the_checkpoint_reloads_to_identical_scores(trained, tmp_path):
@@ -67,12 +72,12 @@ def test_training_lowers_the_loss_and_the_checkpoint_reloads_to_identical_scores
     torch.manual_seed(4)
     refs, queries = torch.randn(2, 3, 64, 64), torch.randn(5, 3, 64, 64)
     model.set_references("washer", batch(refs, ReferenceSet), None)
-    scores = model.predict(batch(queries)).image_scores
+    scores = scored(model, batch(queries)).image_scores
     again = adapter(tmp)
     assert again.fit_source(domain, 1, tmp / "ckpt", setting=parse_setting("N2")) == checkpoint  # reused, not retrained
     again.set_references("washer", batch(refs, ReferenceSet), None)
-    np.testing.assert_array_equal(again.predict(batch(queries)).image_scores, scores)
-    assert model.describe()["pixel_level"] is False and model.predict(batch(queries)).anomaly_maps is None
+    np.testing.assert_array_equal(scored(again, batch(queries)).image_scores, scores)
+    assert model.describe()["pixel_level"] is False and scored(model, batch(queries)).anomaly_maps is None
 
 
 def test_batch_of_one_equals_batch_of_eight(trained):
@@ -80,8 +85,8 @@ def test_batch_of_one_equals_batch_of_eight(trained):
     torch.manual_seed(5)
     model.set_references("tablet", batch(torch.randn(2, 3, 64, 64), ReferenceSet), None)
     queries = torch.randn(8, 3, 64, 64)
-    together = model.predict(batch(queries)).image_scores
-    one_by_one = [model.predict(batch(queries[i:i + 1])).image_scores[0] for i in range(8)]
+    together = scored(model, batch(queries)).image_scores
+    one_by_one = [scored(model, batch(queries[i:i + 1])).image_scores[0] for i in range(8)]
     np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-6)
 
 

@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from benchmark.metrics import image_metrics, pixel_metrics
+from benchmark.run.metrics import image_metrics, pixel_metrics
 
 
 def plain_aupro(masks, maps, limit=0.3):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nagl.model import NAGL, downsample_mask, nearest_normal_residual, sine_position_encoding
-from nagl.train import EpisodeBank, TrainConfig, episode_loss, run_episodes, sample_episode, train
+from nagl.adapter import train_nagl as train
+from nagl.train import EpisodeBank, TrainConfig, episode_loss, run_episodes, sample_episode
 
 GRID = (8, 8)
 
@@ -180,21 +181,19 @@ def test_both_image_losses_are_finite_and_differ(image_loss):
 def test_training_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
     bank = tiny_bank()
     config = TrainConfig(k_normal=1, epochs=3, episodes_per_epoch=16, batch_size=8, learning_rate=1e-3, milestones=(2,))
-    straight = train(make_model(), bank, config, tmp_path / "straight", "h", log=lambda m: None)
+    straight = train(make_model(), bank, config, tmp_path / "straight", "h")
     # an interrupted run: stop after epoch 1 (the state file is what a killed run leaves behind)
     partial = TrainConfig(**{**config.__dict__, "epochs": 1})
-    train(make_model(), bank, partial, tmp_path / "resumed", "h", log=lambda m: None)
+    train(make_model(), bank, partial, tmp_path / "resumed", "h")
     state = torch.load(tmp_path / "resumed" / "training_state.pt", weights_only=True)
     assert state["epoch"] == 0
-    (tmp_path / "resumed" / "model.pt").unlink()
     messages = []
     resumed = train(make_model(), bank, config, tmp_path / "resumed", "h", log=messages.append)
-    assert any("resuming NAGL training at epoch 1" in m for m in messages)
-    a = torch.load(straight, weights_only=True)["state_dict"]
-    b = torch.load(resumed, weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="different training config"):
-        train(make_model(), bank, config, tmp_path / "resumed", "other-hash", log=lambda m: None)
+    assert any("resuming at epoch 1" in m for m in messages)
+    assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in straight["state_dict"])
+    assert [h["loss"] for h in straight["history"]] == [h["loss"] for h in resumed["history"]]
+    with pytest.raises(Exception, match="different config"):
+        train(make_model(), bank, config, tmp_path / "resumed", "other-hash")
 
 
 def test_target_selected_policy_keeps_the_best_epoch_from_the_start_epoch(tmp_path):
@@ -202,5 +201,5 @@ def test_target_selected_policy_keeps_the_best_epoch_from_the_start_epoch(tmp_pa
     config = TrainConfig(k_normal=1, epochs=4, episodes_per_epoch=8, batch_size=8, learning_rate=1e-3,
                          checkpoint_policy="official-target-selected", selection_start_epoch=1)
     scores = iter([0.5, 0.9, 0.7])  # epochs 1, 2, 3 are scored; epoch 2 (index) is best
-    path = train(make_model(), bank, config, tmp_path, "h", select=lambda model: next(scores), log=lambda m: None)
-    assert torch.load(path, weights_only=True)["epoch"] == 2
+    state = train(make_model(), bank, config, tmp_path, "h", select=lambda model, epoch: next(scores))
+    assert state["epoch"] == 2

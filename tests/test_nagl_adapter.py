@@ -83,10 +83,10 @@ def test_training_does_not_depend_on_what_ran_before_in_the_process(tmp_path, sy
     import torch
 
     from benchmark.adapter import Domain, RunContext
-    from benchmark.datasets.mvtec import read_mvtec
-    from benchmark.features import FeatureService
-    from benchmark.references import parse_setting
-    from benchmark.weights import WeightStore
+    from benchmark.data.mvtec import read_mvtec
+    from benchmark.features.service import FeatureService
+    from benchmark.data.references import parse_setting
+    from benchmark.features.weights import WeightStore
     from nagl.adapter import NAGLAdapter
 
     domain = Domain("objects", read_mvtec(synthetic_root / "objects"))
@@ -100,3 +100,44 @@ def test_training_does_not_depend_on_what_ran_before_in_the_process(tmp_path, sy
         path = adapter.fit_source(domain, 0, tmp_path / f"run{run}", setting=parse_setting("N1+A1"))
         weights.append(torch.load(path, weights_only=True)["state_dict"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_target_selection_scores_as_the_official_validation():
+    """The official validation (train.py run() + utils/metrics.py FewShotMetric), rebuilt with
+    scikit-learn and scipy: top-20 mean image score; the patch score bilinearly upsampled to the
+    input and blurred with sigma 4; AUROC per category, averaged over categories; image + pixel."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+    from sklearn.metrics import roc_auc_score
+
+    from benchmark.adapter import RunContext
+    from nagl.adapter import NAGLAdapter
+    from nagl.train import sample_episode
+    from test_nagl import tiny_bank
+
+    class ScoreFromFeatures(torch.nn.Module):
+        def forward(self, query, normal, grid, abnormal, abnormal_mask):
+            return {"score": torch.sigmoid(query[..., :3].sum(-1))}
+
+    bank = tiny_bank(n_per_category=12)
+    context = RunContext(device=torch.device("cpu"), weights=None, features=None, workdir=None)
+    adapter = NAGLAdapter({"selection_episodes": 60, "allow_random_weights": True}, context)
+    value = adapter._target_selector(bank, 1, seed=111)(ScoreFromFeatures(), 7)
+
+    rng = np.random.default_rng([111, 7])  # fresh episodes per epoch, seeded by (training seed, epoch)
+    episodes = [sample_episode(rng, bank, 1, bank.usable_categories(1)) for _ in range(60)]
+    image, pixel = [], []
+    for category in sorted(set(bank.categories)):
+        chosen = [e for e in episodes if bank.categories[e.query] == category]
+        score = torch.sigmoid(bank.features[[e.query for e in chosen]][..., :3].sum(-1))
+        top20 = score.topk(20, dim=1).values.mean(1).numpy()
+        maps = F.interpolate(score.reshape(-1, 1, 8, 8), size=(32, 32), mode="bilinear", align_corners=False)[:, 0].numpy()
+        maps = np.stack([gaussian_filter(m, 4.0) for m in maps])
+        masks = bank.pixel_masks[[e.query for e in chosen]].numpy()
+        image.append(roc_auc_score([e.label for e in chosen], top20))
+        pixel.append(roc_auc_score(masks.ravel(), maps.ravel()))
+    assert value == pytest.approx(np.mean(image) + np.mean(pixel), abs=1e-9)
+    other_epoch = adapter._target_selector(bank, 1, seed=111)(ScoreFromFeatures(), 8)
+    assert other_epoch != pytest.approx(value)  # each epoch draws fresh episodes

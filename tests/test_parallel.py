@@ -4,15 +4,16 @@ import json
 
 import pytest
 
-from benchmark.experiment import load_experiment
-from benchmark.parallel import group_cells
-from benchmark.runner import Runner
+from benchmark.run.experiment import load_experiment
+from benchmark.run.parallel import group_cells
+from benchmark.run.runner import Runner
+from benchmark.run.grid import run_grid
 from conftest import write_experiment
 
 pytestmark = pytest.mark.slow
 
 NAGL_TINY = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
-             "config": {"backbone": "lite0_imagenet", "input_size": 64, "residual_dim": 32, "heads": 2,
+             "config": {"backbone": "lite0_imagenet", "input_size": 64, "heads": 2,
                         "training": {"epochs": 1, "episodes_per_epoch": 4, "batch_size": 2}}}
 
 
@@ -28,7 +29,7 @@ def experiment_file(tmp_path_factory, synthetic_root):
 @pytest.fixture(scope="module")
 def serial(experiment_file, tmp_path_factory):
     results = tmp_path_factory.mktemp("serial")
-    summary = Runner(load_experiment(experiment_file), results, show_progress=False).run()
+    summary = run_grid(Runner(load_experiment(experiment_file), results, show_progress=False))
     assert summary["done"] == 4
     return _metrics(results)
 
@@ -45,7 +46,7 @@ def test_cells_that_share_a_trained_model_stay_in_one_group(tmp_path, synthetic_
 
 
 def test_local_processes_match_the_serial_run(experiment_file, serial, tmp_path):
-    summary = Runner(load_experiment(experiment_file), tmp_path, show_progress=False).run(jobs=2)
+    summary = run_grid(Runner(load_experiment(experiment_file), tmp_path, show_progress=False), jobs=2)
     assert summary["done"] == 4
     assert _metrics(tmp_path) == serial
 
@@ -54,7 +55,7 @@ def test_a_dask_local_cluster_matches_the_serial_run(experiment_file, serial, tm
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:
-        summary = Runner(load_experiment(experiment_file), tmp_path, show_progress=False).run(scheduler=cluster.scheduler_address)
+        summary = run_grid(Runner(load_experiment(experiment_file), tmp_path, show_progress=False), scheduler=cluster.scheduler_address)
     assert summary["done"] == 4
     assert _metrics(tmp_path) == serial
     assert not list((tmp_path / "runs").rglob("*.tmp"))

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.datasets.elpv import read_elpv
-from benchmark.datasets.mvtec import read_mvtec
-from benchmark.datasets.visa import read_visa
-from benchmark.images import image_size, load_mask
+from benchmark.data.elpv import read_elpv
+from benchmark.data.mvtec import read_mvtec
+from benchmark.data.visa import read_visa
+from benchmark.data.images import image_size, load_mask
 from test_datasets import make_visa_original
 
 
@@ -69,7 +69,7 @@ def test_prepare_brats_all_slices_with_enough_brain_and_a_lesion_threshold(brats
 def test_prepare_brats_missing_segmentation_is_a_clear_error(brats_src, tmp_path, capsys):
     next(brats_src.glob("*/*_seg.nii.gz")).unlink()
     assert main(["prepare", "brats", "--src", str(brats_src), "--out", str(tmp_path / "o")]) == 2
-    assert "_seg.nii.gz: missing" in capsys.readouterr().err
+    assert "every subject needs its segmentation" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
@@ -104,7 +104,51 @@ def test_elpv_reader_follows_inctrl_split_and_has_no_masks(tmp_path):
 
 
 def test_elpv_pixel_metrics_are_not_applicable():
-    from benchmark.metrics import pixel_metrics
+    from benchmark.run.metrics import pixel_metrics
 
     metrics = pixel_metrics([np.zeros((4, 4), bool)] * 3, [np.random.rand(4, 4) for _ in range(3)])
     assert all(np.isnan(v) for v in metrics.values())
+
+
+def _write_elpv(root: Path) -> Path:
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i, (probability, kind) in enumerate([(0.0, "mono")] * 12 + [(1.0, "mono")] * 2 + [(1.0, "poly")] * 2):
+        name = f"images/cell{i:04d}.png"
+        Image.fromarray((np.random.default_rng(i).random((40, 40)) * 255).astype(np.uint8)).save(root / name)
+        lines.append(f"{name} {probability} {kind}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _run_elpv_cell(tmp_path) -> dict:
+    from conftest import write_experiment
+
+    experiment = write_experiment(
+        tmp_path / "e.yaml", tmp_path / "data", settings=["N1"], seeds=[0], pairs=[["elpv", "elpv"]],
+        methods=[{"name": "nn", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet", "input_size": 64}}],
+        tables={"main": ["elpv"]})
+    assert main(["run", "--experiment", str(experiment), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
+    [cell] = [json.loads(p.read_text()) for p in (tmp_path / "r" / "runs").rglob("*.json")]
+    return cell
+
+
+def test_elpv_from_an_installed_package_outside_the_data_root_runs(tmp_path, monkeypatch):
+    """The package's files are not under the data root: manifests and cells name paths relative to
+    where the files are, not '../../.venv/...' (which the manifest reader refuses)."""
+    import benchmark.data.elpv as elpv
+
+    package_data = _write_elpv(tmp_path / "site-packages" / "elpv_dataset" / "data")
+    monkeypatch.setattr(elpv, "package_root", lambda: package_data)
+    cell = _run_elpv_cell(tmp_path)
+    assert cell["status"] == "done", cell.get("error")
+    assert all(not p.startswith("..") for p in cell["per_image"]["elpv"]["path"])
+    assert cell["metrics"]["mean"]["image_auroc"] is not None and cell["metrics"]["mean"]["pixel_auroc"] is None
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("elpv_dataset") is None,
+                    reason="the elpv-dataset package is not installed (pip install 'gadbench[elpv]')")
+def test_elpv_from_the_real_installed_package_runs_one_cell(tmp_path):
+    cell = _run_elpv_cell(tmp_path)
+    assert cell["status"] == "done", cell.get("error")
+    assert cell["counts"]["elpv"]["queries"] > 100

@@ -3,9 +3,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from benchmark.datasets.mvtec import read_mvtec
+from benchmark.data.mvtec import read_mvtec
 from benchmark.errors import GadbenchError
-from benchmark.references import ensure_manifest, parse_setting, plan_category, read_manifest
+from benchmark.data.references import ensure_manifest, parse_setting, plan_category, read_manifest
 
 
 @pytest.fixture
@@ -75,11 +75,12 @@ def test_official_protocol_groups_queries_by_a_type_matched_reference_kept_in_th
     for group in plan.groups:
         ref = group.abnormal
         same_type = sorted(tests[tests.defect == ref["defect"]].path)
-        assert ref["path"] == same_type[1 % len(same_type)]  # the seed-th sorted file of its type
+        assert ref["path"] == same_type[1]  # the seed-th sorted file of its type
         assert ref["path"] in set(group.queries.path)  # stays in the test set and is scored
         assert set(group.queries[group.queries.label == 1].defect) == {ref["defect"]}
     assignments = manifest[manifest.role == "assignment"]
     assert len(assignments) == (tests.label == 0).sum()
+    assert assignments.defect.nunique() == 1  # one draw per (category, setting, seed), as the code
     # the random type choice for normal queries is seeded: a fresh manifest draws the same
     shutil.rmtree(tmp_path / "refs")
     _, again = _manifest(data, tmp_path, "N1+A1", 1, protocol="official")
@@ -117,3 +118,18 @@ def test_a_reference_missing_from_the_current_table_is_a_clear_error(data, tmp_p
     smaller = table[table.path != abnormal]  # e.g. a dataset subsampled differently than when the manifest was drawn
     with pytest.raises(GadbenchError, match="is not in the data set's current sample table"):
         plan_category(path, manifest, smaller, "washer", "clean")
+
+
+def test_official_protocol_needs_a_seed_th_file_of_every_defect_type(data, tmp_path):
+    with pytest.raises(GadbenchError, match="has 2 test images; the official protocol's abnormal reference for seed 2 needs 3"):
+        _manifest(data, tmp_path, "N1+A1", 2, protocol="official")
+
+
+def test_an_official_manifest_with_per_query_type_draws_is_refused(data, tmp_path):
+    _, table = data
+    path, manifest = _manifest(data, tmp_path, "N1+A1", 0, protocol="official")
+    assignment = manifest.role == "assignment"
+    types = sorted(manifest[manifest.role == "abnormal"].defect)
+    manifest.loc[assignment, "defect"] = [types[i % len(types)] for i in range(assignment.sum())]
+    with pytest.raises(GadbenchError, match="assigned several defect types"):
+        plan_category(path, manifest, table, "washer", "official")

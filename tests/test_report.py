@@ -5,10 +5,11 @@ import json
 import pytest
 
 from benchmark.cli import main
-from benchmark.experiment import load_experiment
-from benchmark.report import qualitative_grid, qualitative_maps
-from benchmark.runner import Runner
-from benchmark.tables import collect
+from benchmark.run.experiment import load_experiment
+from benchmark.outputs.report import qualitative_grid, qualitative_maps
+from benchmark.run.runner import Runner
+from benchmark.outputs.tables import collect
+from benchmark.run.grid import run_grid
 from conftest import write_experiment
 
 METHODS = [{"name": "nn_tiny", "adapter": "normal_nn", "label": "NN tiny", "config": {"backbone": "lite0_imagenet", "input_size": 64}},
@@ -64,7 +65,7 @@ def test_qualitative_grid_has_image_mask_and_one_map_per_method_per_row(finished
 
 
 def test_the_report_never_retrains_a_model_whose_checkpoint_is_gone(tmp_path, synthetic_root):
-    from benchmark.results import cell_path, write_json_atomic
+    from benchmark.run.results import cell_path, write_json_atomic
 
     nagl = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
             "config": {"backbone": "lite0_imagenet", "input_size": 64}}
@@ -72,7 +73,7 @@ def test_the_report_never_retrains_a_model_whose_checkpoint_is_gone(tmp_path, sy
                                                   settings=["N1", "N1+A1"], seeds=[0], pairs=[["tiny_objects", "tiny_textures"]]))
     runner = Runner(experiment, tmp_path / "results", show_progress=False)
     nn_cells = [c for c in experiment.cells() if c.method.name == "nn_tiny"]
-    assert runner.run(nn_cells)["done"] == 1
+    assert run_grid(runner, nn_cells)["done"] == 1
     nagl_cell = next(c for c in experiment.cells() if c.method.name == "nagl_tiny")
     write_json_atomic({"status": "done", "checkpoint": str(tmp_path / "gone" / "model.pt")},
                       cell_path(tmp_path / "results", nagl_cell, experiment.protocol))

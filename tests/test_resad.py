@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from baselines.resad import ResADAdapter
-from baselines.resad_model import position_encoding, shell_barrier_loss, squared_residuals
+from baselines.resad_model import constraint_loss, position_encoding, squared_residuals
 from benchmark.adapter import Domain, ImageBatch, ReferenceSet, RunContext
-from benchmark.datasets.mvtec import read_mvtec
-from benchmark.features import FeatureService
-from benchmark.references import parse_setting
-from benchmark.weights import WeightStore
+from benchmark.data.mvtec import read_mvtec
+from benchmark.features.service import FeatureService
+from benchmark.data.references import parse_setting
+from benchmark.features.weights import WeightStore
+from stored_features import scored
 
 TINY = {"backbone": "lite0_imagenet", "image_size": 64, "coupling_layers": 2, "position_dim": 16,
         "training": {"epochs": 6, "first_stage_epochs": 1, "batch_size": 6, "learning_rate": 3e-3,
@@ -46,9 +47,20 @@ def test_residuals_are_squared_differences_to_the_cosine_nearest_reference():
 def test_shell_loss_is_zero_inside_the_shell_and_grows_outside():
     radius_to_norm = lambda r: (r + 1) ** 2 - 1  # invert r = sqrt(|e| + 1) - 1
     inside = torch.tensor([[radius_to_norm(0.398), 0.0]])
-    assert shell_barrier_loss(inside, torch.zeros(1)).item() == 0.0
+    assert constraint_loss(inside, torch.zeros(1)).item() == 0.0
     far = torch.tensor([[radius_to_norm(1.0), 0.0]])
-    assert shell_barrier_loss(far, torch.zeros(1)).item() > 0.5
+    assert constraint_loss(far, torch.zeros(1)).item() > 0.5
+
+
+def test_anomalous_rows_inside_the_push_boundary_get_a_gradient():
+    """The branch that pushes anomalies out is alive: r_max is 0.9 x the smallest anomalous
+    radius, and anomalies are pushed beyond r_max + 0.1, which includes that smallest one."""
+    radius_to_norm = lambda r: (r + 1) ** 2 - 1
+    normal = torch.tensor([[radius_to_norm(0.3), 0.0]])
+    anomalous = torch.tensor([[radius_to_norm(0.35), 0.0]], requires_grad=True)
+    loss = constraint_loss(torch.cat([normal, anomalous]), torch.tensor([0.0, 1.0]), torch.cat([normal, anomalous]).detach())
+    loss.backward()
+    assert anomalous.grad[0, 0] < 0  # descending the loss grows the anomalous radius
 
 
 def test_position_encoding_shape_and_distinct_positions():
@@ -65,12 +77,12 @@ def test_training_lowers_the_loss_and_reloads_to_identical_scores(trained):
     torch.manual_seed(1)
     refs, queries = torch.randn(1, 3, 64, 64), torch.randn(4, 3, 64, 64)
     model.set_references("washer", batch(refs, ReferenceSet), None)
-    prediction = model.predict(batch(queries))
+    prediction = scored(model, batch(queries))
     assert prediction.anomaly_maps[0].shape == (70, 90) and np.isfinite(prediction.image_scores).all()
     again = adapter(tmp)
     assert again.fit_source(domain, 2, tmp / "ckpt", setting=parse_setting("N4")) == checkpoint  # one model for every k
     again.set_references("washer", batch(refs, ReferenceSet), None)
-    np.testing.assert_array_equal(again.predict(batch(queries)).image_scores, prediction.image_scores)
+    np.testing.assert_array_equal(scored(again, batch(queries)).image_scores, prediction.image_scores)
     assert model.describe()["parameters_trainable"] == sum(p.numel() for p in model.model.parameters())
 
 
@@ -79,8 +91,8 @@ def test_batch_of_one_equals_batch_of_four(trained):
     torch.manual_seed(2)
     model.set_references("tablet", batch(torch.randn(2, 3, 64, 64), ReferenceSet), None)
     queries = torch.randn(4, 3, 64, 64)
-    together = model.predict(batch(queries)).image_scores
-    single = [model.predict(batch(queries[i:i + 1])).image_scores[0] for i in range(4)]
+    together = scored(model, batch(queries)).image_scores
+    single = [scored(model, batch(queries[i:i + 1])).image_scores[0] for i in range(4)]
     np.testing.assert_allclose(together, single, rtol=1e-4, atol=1e-5)
 
 

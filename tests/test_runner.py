@@ -11,7 +11,7 @@ import pytest
 from benchmark import registry
 from benchmark.cli import main
 from benchmark.errors import GadbenchError
-from benchmark.experiment import load_experiment
+from benchmark.run.experiment import load_experiment
 from conftest import write_experiment
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ PIXEL_DIFF_ADAPTER = textwrap.dedent('''
     import torch
     import torch.nn.functional as F
     from benchmark.adapter import Adapter, Prediction
-    from benchmark.preprocessing import Preprocessing
+    from benchmark.data.preprocessing import Preprocessing
 
     class PixelDiffAdapter(Adapter):
         name = "pixel_diff"
@@ -175,3 +175,14 @@ def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):
     assert main(["run", "--experiment", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gadbench: error: ") and "bad.yaml" in err and "malformed YAML" in err and "\n" not in err
+
+
+def test_a_misspelt_method_config_key_is_refused_before_any_cell_runs(tmp_path, synthetic_root, capsys):
+    from benchmark.cli import main
+
+    method = {"name": "nn", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet", "blur_sigm": 2.0}}
+    experiment = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=[method])
+    assert main(["run", str(experiment), "--results", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "method 'nn': unknown config key 'blur_sigm'; did you mean 'blur_sigma'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.maps import to_image_maps
-from benchmark.preprocessing import Preprocessing
+from benchmark.run.maps import maps_at_original
+from benchmark.data.preprocessing import Preprocessing
 from nagl.similarity import normal_similarity, top_percent_mean
 
 
@@ -31,12 +31,20 @@ def test_top_one_percent_picks_10_of_1024_patches():
     assert top_percent_mean(scores).item() == pytest.approx(0.95)
 
 
+@pytest.mark.parametrize("patches, percent, count", [(200, 5.0, 10), (300, 2.0, 6), (64, 1.0, 1), (1000, 0.5, 5)])
+def test_top_percent_is_floor_of_n_times_percent_over_100_and_at_least_one(patches, percent, count):
+    scores = torch.rand(3, patches, generator=torch.Generator().manual_seed(patches))
+    expected = np.sort(scores.numpy(), axis=1)[:, ::-1][:, :count].mean(axis=1)
+    np.testing.assert_allclose(top_percent_mean(scores, percent).numpy(), expected, rtol=1e-6)
+
+
 def test_maps_are_resized_to_each_original_size_then_blurred():
     patch = torch.zeros(2, 4, 4)
     patch[:, 1, 1] = 1.0
-    maps = to_image_maps(patch, [(32, 48), (20, 20)], sigma=4.0)
+    squash = Preprocessing(size=8)
+    maps, _ = maps_at_original(patch, [(32, 48), (20, 20)], squash, sigma=4.0)
     assert maps[0].shape == (32, 48) and maps[1].shape == (20, 20)
-    raw = to_image_maps(patch, [(32, 48)], sigma=0)[0]
+    raw = maps_at_original(patch, [(32, 48)], squash, sigma=0)[0][0]
     assert maps[0].max() < raw.max()  # blurred
     assert np.unravel_index(maps[0].argmax(), maps[0].shape)[0] < 16  # peak stays in the right quadrant
 
@@ -53,3 +61,24 @@ def test_squash_keeps_the_whole_image_and_crop_keeps_mask_and_image_aligned():
         bright = image.mean(0) > image.mean(0).mean()
         assert (bright == (m > 0)).float().mean() > 0.97
     assert Preprocessing(size=64).key != Preprocessing(size=64, resize="shorter", resize_to=80).key
+
+
+@pytest.mark.parametrize("resize", ["squash", "shorter"])
+def test_floor_mask_resize_is_cv2_inter_nearest_and_the_default_is_pil_nearest(resize):
+    """The NAGL code resizes masks with cv2.INTER_NEAREST (test) and torch 'nearest' (training);
+    `mask_resize: floor` must give exactly those pixels, the default PIL's pixel-centre NEAREST."""
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((97, 203)) > 0.6
+    geometry = {"resize": "shorter", "resize_to": 120} if resize == "shorter" else {}
+    floor = Preprocessing(size=112, mask_resize="floor", **geometry).mask(mask).numpy()
+    centre = Preprocessing(size=112, **geometry).mask(mask).numpy()
+    width, height = (112, 112) if resize == "squash" else (round(203 * 120 / 97), 120)
+    expected_floor = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    expected_centre = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
+    left, top = (width - 112) // 2, (height - 112) // 2
+    np.testing.assert_array_equal(floor, expected_floor[top:top + 112, left:left + 112])
+    np.testing.assert_array_equal(centre, expected_centre[top:top + 112, left:left + 112])
+    assert (floor != centre).mean() > 0.05

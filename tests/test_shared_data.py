@@ -2,9 +2,9 @@
 
 import pytest
 
-from benchmark.datasets.magnetic_tile import read_magnetic_tile
-from benchmark.datasets.mvtec import read_mvtec
-from benchmark.images import image_size, load_mask
+from benchmark.data.magnetic_tile import read_magnetic_tile
+from benchmark.data.mvtec import read_mvtec
+from benchmark.data.images import image_size, load_mask
 from conftest import SHARED_DATA
 
 pytestmark = [

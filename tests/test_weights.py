@@ -7,8 +7,8 @@ from skimage import data as skimage_data
 
 from benchmark.config import backbone_entry
 from benchmark.errors import GadbenchError, MissingWeights
-from benchmark.features import build_backbone
-from benchmark.weights import WeightFile, WeightStore, lukemelas_to_timm_efficientnet
+from benchmark.features.backbones import build_backbone
+from benchmark.features.weights import WeightFile, WeightStore, lukemelas_to_timm_efficientnet
 
 LITE0 = backbone_entry("lite0_imagenet")
 
@@ -88,3 +88,31 @@ def test_a_dinov2_release_style_checkpoint_loads_into_the_448_model(tmp_path):
         features = handle.module(torch.zeros(1, 3, 448, 448))[0]
     assert features.shape == (1, 384, 32, 32)
     assert torch.equal(handle.module.model.blocks[3].attn.qkv.weight, release["blocks.3.attn.qkv.weight"])
+
+
+def test_an_unpinned_file_is_pinned_on_first_use_and_a_swap_is_refused(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "model.pth")
+    weight = WeightFile("unpinned", "model.pth")  # no sha256 in the catalogue (DINOv2, timm safetensors)
+    store = WeightStore(tmp_path)
+    _, first = store.load_state_dict(weight)
+    assert (tmp_path / "SHA256SUMS").read_text() == f"{first}  model.pth\n"
+    store.load_state_dict(weight)  # the same file again: fine
+    torch.save({"w": torch.zeros(2)}, tmp_path / "model.pth")
+    with pytest.raises(GadbenchError, match=r"differs from .* recorded on first use in .*SHA256SUMS; restore the original file"):
+        store.load_state_dict(weight)
+    assert WeightStore(tmp_path).status(weight)["valid"] is False
+
+
+def test_random_weights_do_not_depend_on_what_ran_before():
+    """Features of random-weight backbones are cached under the key 'random' and shared by cells
+    and processes: the weights must be the same whatever the RNG state at construction."""
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(build_backbone("lite0_imagenet", WeightStore(), 64, allow_random=True).module.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    torch.manual_seed(3)
+    expected = torch.rand(1)
+    torch.manual_seed(3)
+    build_backbone("lite0_imagenet", WeightStore(), 64, allow_random=True)
+    assert torch.equal(torch.rand(1), expected)

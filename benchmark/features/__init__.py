@@ -1,0 +1,1 @@
+"""Frozen backbones, their weights and the feature cache."""

@@ -1,0 +1,95 @@
+"""Feature extraction behind a two-tier cache, and the frozen models a process shares.
+
+The cache key is (backbone, weights sha256, layers, preprocessing, image sha256): the same image
+seen by several cells, settings, seeds or methods with the same backbone is passed through it once,
+and with the disk tier (benchmark/features/disk_cache.py) once across runs and processes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from benchmark.adapter import ImageBatch
+from benchmark.features.backbones import BackboneHandle, build_backbone
+from benchmark.features.disk_cache import DiskFeatureCache
+from benchmark.features.weights import WeightStore
+
+
+class FeatureService:
+    """Builds backbones once per process and serves their features per image from two tiers: an
+    in-memory LRU (bounded by `memory_bytes`) and, when `disk` is given, a DiskFeatureCache shared
+    by processes and runs. memory_bytes=0 and disk=None turn caching off (efficiency timing)."""
+
+    def __init__(self, store: WeightStore, device: torch.device, batch_size: int = 16,
+                 disk: DiskFeatureCache | None = None, memory_bytes: int = 2 << 30):
+        self.store, self.device, self.batch_size = store, device, batch_size
+        self.disk, self.memory_bytes = disk, memory_bytes
+        self._backbones: dict[tuple, BackboneHandle] = {}
+        self._frozen: dict[tuple, object] = {}
+        self._memory: OrderedDict[tuple[str, str], list[torch.Tensor]] = OrderedDict()
+        self._memory_used = 0
+        self.memory_hits = self.disk_hits = self.misses = 0
+
+    def backbone(self, name: str, input_size: int, allow_random: bool = False,
+                 layers: tuple[int, ...] | None = None) -> BackboneHandle:
+        key = (name, input_size, allow_random, tuple(layers or ()))
+        if key not in self._backbones:
+            handle = build_backbone(name, self.store, input_size, allow_random, layers)
+            handle.module.to(self.device)
+            self._backbones[key] = handle
+        return self._backbones[key]
+
+    def frozen_model(self, key: tuple, build):
+        """A frozen model (a CLIP, with its text embeddings) built once per process and shared by
+        every cell that asks for the same key; `build()` makes it on first use."""
+        if key not in self._frozen:
+            self._frozen[key] = build()
+        return self._frozen[key]
+
+    def _remember(self, key: tuple[str, str], levels: list[torch.Tensor]) -> None:
+        size = sum(level.numel() * level.element_size() for level in levels)
+        if size > self.memory_bytes:
+            return
+        self._memory[key] = levels
+        self._memory_used += size
+        while self._memory_used > self.memory_bytes:
+            _, evicted = self._memory.popitem(last=False)
+            self._memory_used -= sum(level.numel() * level.element_size() for level in evicted)
+
+    def _lookup(self, handle: BackboneHandle, key: str) -> list[torch.Tensor] | None:
+        levels = self._memory.get((handle.id, key))
+        if levels is not None:
+            self._memory.move_to_end((handle.id, key))
+            self.memory_hits += 1
+            return levels
+        levels = self.disk.get(handle.id, key) if self.disk is not None else None
+        if levels is not None:
+            self.disk_hits += 1
+            self._remember((handle.id, key), levels)
+        return levels
+
+    def extract_layers(self, handle: BackboneHandle, batch: ImageBatch) -> list[torch.Tensor]:
+        """One [B, C, h, w] map per layer, on the service's device, from the caches where possible.
+        Only the images that miss both tiers are decoded and passed through the backbone."""
+        per_image = [self._lookup(handle, key) for key in batch.keys]
+        missing = [i for i, levels in enumerate(per_image) if levels is None]
+        self.misses += len(missing)
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start:start + self.batch_size]
+            levels = [level.float().cpu() for level in handle.module(batch.images[chunk].to(self.device))]
+            for position, index in enumerate(chunk):
+                per_image[index] = [level[position].clone() for level in levels]
+                self._remember((handle.id, batch.keys[index]), per_image[index])
+                if self.disk is not None:
+                    self.disk.put(handle.id, batch.keys[index], per_image[index])
+        return [torch.stack([maps[level] for maps in per_image]).to(self.device) for level in range(len(per_image[0]))]
+
+    def extract(self, handle: BackboneHandle, batch: ImageBatch) -> torch.Tensor:
+        """The first (for one-layer backbones, the only) feature map: [B, C, h, w]."""
+        return self.extract_layers(handle, batch)[0]
+
+    def counters(self) -> dict:
+        return {"feature_cache_hits": self.memory_hits + self.disk_hits, "feature_cache_memory_hits": self.memory_hits,
+                "feature_cache_disk_hits": self.disk_hits, "feature_cache_misses": self.misses}

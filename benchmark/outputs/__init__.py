@@ -1,0 +1,1 @@
+"""What a run writes for people: tables, the report, the gate, the efficiency table, estimates."""

@@ -1,0 +1,256 @@
+"""The efficiency table: parameters, source training time, inference throughput and peak memory.
+
+`gadbench bench -e configs/experiments/efficiency.yaml` measures every listed method in a fresh
+process of its own (so one method's memory never counts against the next) and writes one JSON per
+(device, method) under <results>/efficiency/, then results/tables/efficiency.{csv,tex}.
+
+What is timed, per method:
+  - training: the method's fit_source on the bench's source domain, its configured schedule (with
+    the bench's overrides, shown in the row), from scratch in a temporary folder;
+  - inference: predict() on already decoded, preprocessed query images of the target category with
+    the references set once: the backbone (the feature cache is off), the method's head and the
+    map post-processing; image decoding and metrics are not timed. After `warmup` calls, calls are
+    repeated for at least `min_seconds` (and twice); CUDA is synchronised around the clock. At
+    batch 1 and at every batch size of `batch_sizes` until one call takes `max_batch_seconds`;
+    the best is reported with its batch size;
+  - peak memory during the timed inference: CUDA max allocated on a GPU, the process's peak
+    resident set (sampled every 5 ms) on the CPU. The two are different quantities and are never
+    put in one column: every device gets a table of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from benchmark.config import check_keys, config_hash, load_yaml
+from benchmark.errors import MissingWeights
+from benchmark.run.results import read_cell, write_json_atomic
+
+BENCH_KEYS = {"name", "description", "data_root", "datasets", "source", "target", "category", "settings", "batch_sizes",
+              "warmup", "min_seconds", "max_batch_seconds", "methods"}
+METHOD_ENTRY_KEYS = {"method", "config", "random_weights", "label"}
+BENCH_VERSION = 1  # in every row's key: bump when what is timed changes
+
+
+def load_bench(path: str | Path, data_root: str | None = None) -> dict:
+    path = Path(path)
+    data = load_yaml(path)
+    check_keys(str(path), data, BENCH_KEYS, {"source", "target", "methods"})
+    bench = {"settings": {"normal": "N1", "normal+abnormal": "N1+A1"}, "batch_sizes": [1, 2, 4, 8, 16], "warmup": 1,
+             "min_seconds": 2.0, "max_batch_seconds": 20.0, "category": None, **data, "path": str(path)}
+    bench["data_root"] = data_root or os.environ.get("DATA_ROOT") or bench.get("data_root", "data")
+    bench.setdefault("name", path.stem)
+    for entry in bench["methods"]:
+        entry = {"method": entry} if isinstance(entry, str) else entry
+        check_keys(f"{path}: methods", entry, METHOD_ENTRY_KEYS, {"method"})
+    bench["methods"] = [{"method": e} if isinstance(e, str) else e for e in bench["methods"]]
+    return bench
+
+
+def device_slug(device: torch.device) -> str:
+    return "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_") if device.type == "cuda" else "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+class PeakRSS:
+    """Samples the resident set of this process in a thread: the CPU has no peak counter to reset."""
+
+    def __init__(self, every: float = 0.005):
+        import psutil
+
+        self.process, self.every, self.peak, self._stop = psutil.Process(), every, 0, threading.Event()
+
+    def __enter__(self):
+        self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.every)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _throughput(adapter, batch, device, warmup: int, min_seconds: float) -> tuple[float, float]:
+    """(images per second, seconds of one call) for one batch size: the method's prediction and the
+    harness's map post-processing, as a run scores a batch."""
+    from benchmark.run.engine import predict_at_original
+
+    for _ in range(warmup):
+        predict_at_original(adapter, batch)
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < min_seconds:
+        predict_at_original(adapter, batch)
+        _sync(device)
+        calls += 1
+    elapsed = time.perf_counter() - start
+    return len(batch) * calls / elapsed, elapsed / calls
+
+
+def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | None) -> dict:
+    """Runs in a fresh process: train (if asked), then time inference, for one method."""
+    import warnings
+
+    from benchmark import registry
+    from benchmark.adapter import NORMAL, Domain, RunContext
+    from benchmark.data.references import Plan, QueryGroup
+    from benchmark.run.engine import references
+    from benchmark.data import read_dataset
+    from benchmark.run.experiment import load_datasets, load_method
+    from benchmark.features.service import FeatureService
+    from benchmark.data.references import parse_setting
+    from benchmark.run.runner import make_deterministic, seed_everything
+    from benchmark.features.weights import WeightStore
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    device = torch.device(device_string)
+    make_deterministic(device)
+    seed_everything(0)
+    method = load_method(entry["method"], bench["path"])
+    config = _merge(method.config, entry.get("config") or {})
+    if entry.get("random_weights"):
+        config["allow_random_weights"] = True
+    store = WeightStore(weights_dir)
+    adapter_class = registry.resolve(method.adapter)
+    setting = parse_setting(bench["settings"]["normal" if NORMAL in adapter_class.supports else "normal+abnormal"])
+    datasets = load_datasets(bench.get("datasets"), Path(bench["data_root"]).resolve(), bench["path"])
+    source, target = (datasets[bench[k]] for k in ("source", "target"))
+    training_features = FeatureService(store, device)  # training may cache, as the runner's does
+    timing_features = FeatureService(store, device, memory_bytes=0)  # every timed call runs the backbone
+    row = {"method": method.name, "label": entry.get("label") or method.label, "adapter": method.adapter,
+           "device": device.type, "device_name": device_name(device), "precision": "float32", "threads": torch.get_num_threads(),
+           "setting": setting.label, "overrides": entry.get("config") or {}, "source": source.name, "target": target.name}
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            adapter = adapter_class(config, RunContext(device, store, training_features, Path(workdir)))
+            if adapter_class.trains_on_source:
+                start = time.perf_counter()
+                adapter.fit_source(Domain(source.name, read_dataset(source), source.mask_threshold), 0, Path(workdir),
+                                   setting=setting, target=None)
+                _sync(device)
+                row["training_seconds"] = time.perf_counter() - start
+                row["training_epochs"] = adapter.describe().get("training_epochs")
+            adapter.context.features = timing_features
+            preprocessing = adapter.preprocessing()
+            table = read_dataset(target)
+            category = bench["category"] or sorted(table.category.unique())[0]
+            rows = table[table.category == category]
+            # the references: the first k normal training images and the first anomalous one
+            group = QueryGroup(rows[rows.label == 1].iloc[0].to_dict() if setting.k_abnormal else None, rows.iloc[:0])
+            plan = Plan(None, rows[(rows.split == "train") & (rows.label == 0)].head(setting.k_normal), [group], 0)
+            adapter.set_references(category, *references(adapter, plan, group, target.mask_threshold, setting.k_abnormal))
+            per_batch = _time_batch_sizes(adapter, rows[rows.split == "test"].reset_index(drop=True), preprocessing,
+                                          device, bench)
+            best = max(per_batch, key=lambda b: per_batch[b]["images_per_second"])
+            description = adapter.describe()
+    except MissingWeights as error:
+        return {**row, "status": "skipped", "reason": str(error)}
+    total, trainable = description.get("parameters_total"), description.get("parameters_trainable")
+    return {**row, "status": "done", "image_size": preprocessing.size, "category": category,
+            "parameters_total_m": total / 1e6 if total is not None else None,
+            "parameters_trainable_m": trainable / 1e6 if trainable is not None else 0.0,
+            "random_weights": bool(description.get("random_weights")),
+            "throughput_batch1": per_batch[1]["images_per_second"], "best_batch": best,
+            "throughput_best": per_batch[best]["images_per_second"], "per_batch": per_batch,
+            "peak_memory_mib": per_batch[best]["peak_memory_mib"],
+            "memory_kind": "CUDA max allocated" if device.type == "cuda" else "process peak RSS"}
+
+
+def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, bench: dict) -> dict[int, dict]:
+    """Throughput and peak memory at batch 1 and each bench batch size, until one call is too slow."""
+    from benchmark.data.batches import load_batch
+
+    per_batch = {}
+    for size in sorted(set(bench["batch_sizes"]) | {1}):
+        batch = load_batch(queries.iloc[[i % len(queries) for i in range(size)]], preprocessing)
+        batch.images  # decode now: decoding is not part of the timed call
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with PeakRSS() as rss:
+            images_per_second, call_seconds = _throughput(adapter, batch, device, bench["warmup"], bench["min_seconds"])
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
+        per_batch[size] = {"images_per_second": images_per_second, "seconds_per_call": call_seconds,
+                           "peak_memory_mib": peak / 2**20}
+        if call_seconds > bench["max_batch_seconds"]:
+            break
+    return per_batch
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir: str | None = None,
+              force: bool = False, only: list[str] | None = None, echo=print) -> list[dict]:
+    """Measure what is not measured yet for this device (a row is redone when its key changes)."""
+    from benchmark.run.experiment import load_method
+
+    folder = Path(results_root) / "efficiency" / bench["name"] / device_slug(device)
+    name = device_name(device)
+    rows = []
+    for order, entry in enumerate(bench["methods"]):
+        method = load_method(entry["method"], bench["path"]).name
+        if only and method not in only:
+            continue
+        key = config_hash({"entry": entry, "bench": {k: bench.get(k) for k in ("source", "target", "category", "settings",
+                                                                              "batch_sizes", "warmup", "min_seconds",
+                                                                              "max_batch_seconds", "rehearsal")},
+                           "device": name, "version": BENCH_VERSION})
+        path = folder / f"{method}.json"
+        existing = read_cell(path)
+        if existing and existing.get("key") == key and not force:
+            if existing.get("order") != order:  # the table lists methods in the bench file's order
+                existing["order"] = order
+                write_json_atomic(existing, path)
+            rows.append(existing)
+            echo(f"{method}: measured before on {name} (use --force to measure again)")
+            continue
+        echo(f"{method}: measuring on {name} ...")
+        # a fresh process per method: peak memory and warm caches are its own
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            row = pool.submit(measure, bench, entry, str(device), weights_dir).result()
+        row["key"], row["order"], row["bench"], row["rehearsal"] = key, order, bench["name"], bool(bench.get("rehearsal"))
+        write_json_atomic(row, path)
+        rows.append(row)
+        if row["status"] == "done":
+            echo(f"  {row['throughput_batch1']:.2f} img/s at batch 1, {row['throughput_best']:.2f} img/s at batch "
+                 f"{row['best_batch']}, peak {row['peak_memory_mib']:.0f} MiB"
+                 + (f", training {row['training_seconds']:.1f} s" if row.get("training_seconds") else ""))
+        else:
+            echo(f"  skipped: {row['reason']}")
+    return rows

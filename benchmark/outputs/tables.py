@@ -1,0 +1,259 @@
+"""Cell files -> tables: main / medical (per the experiment's `tables:`) and per-category tables.
+
+Every value is the mean +- std over seeds of the per-seed mean over categories, in percent.
+CSV holds the numbers (mean and std columns); LaTeX (booktabs) and the console view show
+'mean +- std', best of each shot group in bold and second underlined. Cells that were skipped
+(missing weights) or failed show as missing with a footnote that says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from benchmark.atomic import write_text
+from benchmark.run.experiment import Experiment
+from benchmark.run.results import DONE, recorded_cells
+
+TABLE_METRICS = [("image_auroc", "Image"), ("pixel_auroc", "Pixel")]
+
+
+def collect(experiment: Experiment, results_root: Path) -> pd.DataFrame:
+    """One row per planned cell (also the missing ones), with its status and mean metrics."""
+    rows = []
+    for cell, data in recorded_cells(experiment, Path(results_root)):
+        data = data or {}
+        status = data.get("status", "missing")
+        method_info = data.get("method") or {}
+        row = {"method": cell.method.name, "label": cell.method.label, "setting": cell.setting.label,
+               "k": cell.setting.k_normal, "abnormal": cell.setting.k_abnormal, "source": cell.source,
+               "target": cell.target, "seed": cell.seed, "status": status,
+               "reason": data.get("reason") or data.get("error") or ("not run yet" if status == "missing" else ""),
+               "random_weights": bool(method_info.get("random_weights")),
+               "target_selected": method_info.get("checkpoint_policy") == "official-target-selected",
+               "rehearsal": bool(data.get("rehearsal")), "limit": data.get("limit"),
+               "per_category": (data.get("metrics") or {}).get("per_category", {}),
+               "per_image": data.get("per_image") or {}}
+        for name, value in ((data.get("metrics") or {}).get("mean") or {}).items():
+            row[name] = np.nan if value is None else value
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame
+
+
+def _row_order(frame: pd.DataFrame, experiment: Experiment) -> list[tuple[str, str]]:
+    method_order = {m.name: i for i, m in enumerate(experiment.methods)}
+    keys = frame[["k", "abnormal", "setting", "method"]].drop_duplicates()
+    keys = keys.assign(order=keys.method.map(method_order)).sort_values(["k", "abnormal", "order"])
+    return list(zip(keys.setting, keys.method))
+
+
+def _cells_for(frame: pd.DataFrame, setting: str, method: str, target: str) -> pd.DataFrame:
+    return frame[(frame.setting == setting) & (frame.method == method) & (frame.target == target)]
+
+
+def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str], with_mean: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """The numeric table (one row per setting x method) and its footnotes."""
+    notes: dict[str, str] = {}
+    out = []
+    for setting, method in _row_order(frame, experiment):
+        label = frame[frame.method == method].label.iloc[0]
+        part = frame[(frame.setting == setting) & (frame.method == method)]
+        row = {"setting": setting, "method": label, "k": int(part.k.iloc[0]),
+               "random_weights": bool(part.random_weights.any()),
+               "target_selected": bool(part.target_selected.any()), "rehearsal": bool(part.rehearsal.any()),
+               "limit": next((int(v) for v in part.limit if v), None)}
+        for target in targets:
+            cells = _cells_for(frame, setting, method, target)
+            done = cells[cells.status == DONE]
+            for metric, _ in TABLE_METRICS:
+                values = done[metric].dropna().to_numpy() if metric in done else np.array([])
+                row[f"{target}:{metric}:mean"] = 100 * values.mean() if values.size else np.nan
+                row[f"{target}:{metric}:std"] = 100 * values.std(ddof=0) if values.size else np.nan
+            row[f"{target}:seeds"] = len(done)
+            bad = cells[cells.status != DONE]
+            if len(bad):
+                reason = f"{bad.status.iloc[0]}: {bad.reason.iloc[0]}"
+                notes.setdefault(reason, chr(ord("a") + len(notes)))
+                row[f"{target}:note"] = notes[reason]
+            else:
+                row[f"{target}:note"] = ""
+        if with_mean:
+            values = [row[f"{t}:{m}:mean"] for t in targets for m, _ in TABLE_METRICS]
+            row["mean"] = np.nan if any(np.isnan(values)) else float(np.mean(values))
+        out.append(row)
+    footnotes = [f"({mark}) {reason}" for reason, mark in notes.items()]
+    table = pd.DataFrame(out)
+    if len(table) and table.random_weights.any():
+        footnotes.append("(†) random backbone weights: not a measurement of the method")
+    if len(table) and table.target_selected.any():
+        footnotes.append("(‡) checkpoint chosen on the target data set (the official NAGL choice; it leaks the target)")
+    if len(table) and table.rehearsal.any():
+        from benchmark.run.rehearsal import REHEARSAL_NOTE
+
+        footnotes.append("(◊) " + REHEARSAL_NOTE.format(limit=int(table.limit.dropna().max())))
+    elif len(table) and table.limit.notna().any():
+        footnotes.append(f"(◊) at most {int(table.limit.dropna().max())} queries per category: not the full test sets")
+    return table, footnotes
+
+
+def _ranks(table: pd.DataFrame, column: str) -> dict[int, int]:
+    """Rank 1 / 2 of each row within its shot group (k), for bold / underline."""
+    ranks = {}
+    for _, group in table.groupby("k"):
+        values = group[column].dropna().sort_values(ascending=False).round(1)
+        distinct = values.unique()
+        for index, value in values.items():
+            if len(distinct) and value == distinct[0]:
+                ranks[index] = 1
+            elif len(distinct) > 1 and value == distinct[1]:
+                ranks[index] = 2
+    return ranks
+
+
+def _formatted(table: pd.DataFrame, targets: list[str], style: str) -> tuple[list[str], list[list[str]]]:
+    headers = ["Setting", "Method"]
+    columns = []
+    for target in targets:
+        for metric, short in TABLE_METRICS:
+            headers.append(f"{target} {short}")
+            columns.append((target, metric))
+    ranks = {col: _ranks(table, f"{col[0]}:{col[1]}:mean") for col in columns}
+    rows = []
+    for index, record in table.iterrows():
+        setting = record.setting
+        if style == "latex":
+            setting = setting.replace("N", "$N^{", 1).replace("+A", "}+A^{") + "}$"
+        method = record.method + (" †" if record.random_weights else "") + (" ‡" if record.target_selected else "") + \
+            (" ◊" if record.rehearsal or pd.notna(record.limit) else "")
+        line = [setting, method]
+        for target, metric in columns:
+            mean, std = record[f"{target}:{metric}:mean"], record[f"{target}:{metric}:std"]
+            note = record[f"{target}:note"]
+            if np.isnan(mean):
+                text = "–"
+            else:
+                text = f"{mean:.1f} ± {std:.1f}" if style == "console" else f"{mean:.1f}$\\pm${std:.1f}"
+                rank = ranks[(target, metric)].get(index)
+                if style == "latex" and rank == 1:
+                    text = f"\\textbf{{{mean:.1f}}}$\\pm${std:.1f}"
+                elif style == "latex" and rank == 2:
+                    text = f"\\underline{{{mean:.1f}}}$\\pm${std:.1f}"
+                elif style == "console" and rank == 1:
+                    text += " *"
+            if note:
+                text += f" ({note})" if style == "console" else f"$^{{{note}}}$"
+            line.append(text)
+        if "mean" in table:
+            line.append("–" if np.isnan(record["mean"]) else f"{record['mean']:.1f}")
+        rows.append(line)
+    if "mean" in table:
+        headers.append("Mean")
+    return headers, rows
+
+
+def latex_table(table: pd.DataFrame, targets: list[str], displays: dict[str, str], caption: str, footnotes: list[str]) -> str:
+    _, rows = _formatted(table, targets, "latex")
+    with_mean = "mean" in table
+    spec = "ll" + "cc" * len(targets) + ("c" if with_mean else "")
+    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{caption}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule"]
+    lines.append(" & ".join(["", ""] + [f"\\multicolumn{{2}}{{c}}{{{displays[t]}}}" for t in targets] + ([""] if with_mean else [])) + " \\\\")
+    lines.append(" ".join(f"\\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(targets))))
+    lines.append(" & ".join(["Setting", "Method"] + ["Image", "Pixel"] * len(targets) + (["Mean"] if with_mean else [])) + " \\\\")
+    lines.append("\\midrule")
+    previous_k = None
+    for (index, record), row in zip(table.iterrows(), rows):
+        if previous_k is not None and record.k != previous_k:
+            lines.append("\\midrule")
+        previous_k = record.k
+        lines.append(" & ".join(cell.replace("_", "\\_").replace("†", "$^\\dagger$").replace("‡", "$^\\ddagger$").replace("◊", "$^\\diamond$") for cell in row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    for note in footnotes:
+        note = note.replace("_", "\\_").replace("†", "$^\\dagger$").replace("‡", "$^\\ddagger$").replace("◊", "$^\\diamond$")
+        lines.append(f"\\par\\footnotesize {note}")
+    lines.append("\\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def caption(experiment: Experiment, what: str) -> str:
+    protocol = {"clean": "clean protocol: abnormal reference removed from the queries",
+                "official": "official NAGL protocol: type-matched abnormal reference kept in the test set"}[experiment.protocol]
+    prefix = "REHEARSAL, not results: " if experiment.rehearsal else ""
+    return (f"{prefix}{experiment.name}: {what}, AUROC (\\%), mean $\\pm$ std over seeds "
+            f"{', '.join(map(str, experiment.seeds))}; {protocol}.")
+
+
+def per_category_table(experiment: Experiment, frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    out = []
+    for setting, method in _row_order(frame, experiment):
+        cells = _cells_for(frame, setting, method, target)
+        done = cells[cells.status == DONE]
+        if cells.empty:
+            continue
+        row = {"setting": setting, "method": frame[frame.method == method].label.iloc[0]}
+        categories = sorted({c for per in done.per_category for c in per})
+        for category in categories:
+            for metric, short in TABLE_METRICS:
+                values = [per[category][metric] for per in done.per_category
+                          if category in per and per[category].get(metric) is not None]
+                row[f"{category}:{metric}:mean"] = 100 * np.mean(values) if values else np.nan
+                row[f"{category}:{metric}:std"] = 100 * np.std(values) if values else np.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+@dataclass
+class RenderedTable:
+    """A table as people read it: what the console prints and the report renders as Markdown."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    footnotes: list[str]
+
+    def markdown(self) -> list[str]:
+        return [f"**{self.title}**", "", tabulate(self.rows, headers=self.headers, tablefmt="github", disable_numparse=True),
+                "", *[f"- {note}" for note in self.footnotes], ""]
+
+
+def write_tables(experiment: Experiment, results_root: Path, echo=print, rendered: list | None = None) -> list[Path]:
+    """CSV and LaTeX per table of the experiment (and per-category CSVs); each table is also
+    echoed for the console and, when `rendered` is given, appended to it as a RenderedTable."""
+    results_root = Path(results_root)
+    out_dir = results_root / "tables" / experiment.name  # experiments may share table names (main)
+    frame = collect(experiment, results_root)
+    written = []
+    displays = {name: spec.label for name, spec in experiment.datasets.items()}
+    for table_name, spec in experiment.tables.items():
+        targets = [t for t in spec["targets"] if t in set(frame.target)]
+        if not targets:
+            continue
+        table, footnotes = summarise(experiment, frame, targets, spec["mean"])
+        numeric = table.drop(columns=[c for c in table.columns if c.endswith(":note")])
+        csv_path, tex_path = out_dir / f"{table_name}.csv", out_dir / f"{table_name}.tex"
+        write_text(numeric.round(4).to_csv(index=False), csv_path)
+        write_text(latex_table(table, targets, displays, caption(experiment, table_name), footnotes), tex_path)
+        written += [csv_path, tex_path]
+        headers, rows = _formatted(table, targets, "console")
+        headers = headers[:2] + [h.replace(t, displays[t], 1) for h in headers[2:] for t in targets if h.startswith(t + " ")] + headers[2 + 2 * len(targets):]
+        prefix = "REHEARSAL, not results: " if experiment.rehearsal else ""
+        shown = RenderedTable(f"{prefix}{table_name} ({experiment.name}, AUROC %, mean ± std over seeds; * best of its shot group)",
+                              headers, rows, footnotes)
+        echo("\n" + shown.title)
+        echo(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+        for note in footnotes:
+            echo(note)
+        if rendered is not None:
+            rendered.append(shown)
+    for target in sorted(set(frame.target)):
+        per_category = per_category_table(experiment, frame, target)
+        if per_category.empty:
+            continue
+        path = out_dir / f"per_category_{target}.csv"
+        write_text(per_category.round(4).to_csv(index=False), path)
+        written.append(path)
+    return written

@@ -1,0 +1,1 @@
+"""Running an experiment: the grid, one cell, the engine, training, parallel backends."""

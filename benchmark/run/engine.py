@@ -1,0 +1,85 @@
+"""The one evaluation routine: a method on one category's plan.
+
+References are set once per query group (the clean protocol has one group; the official one a
+group per abnormal reference), queries are predicted in batches, maps are brought back to the
+original images by the harness (benchmark/run/maps.py), and the category's metrics computed. The
+runner, the report's qualitative maps, the efficiency bench and the grid-cost script all go
+through here, so they score the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from benchmark.adapter import Adapter, ImageBatch, ReferenceSet
+from benchmark.data.batches import load_batch, load_references, original_masks
+from benchmark.data.references import Plan, QueryGroup
+from benchmark.run.maps import finish
+from benchmark.run.metrics import image_metrics, pixel_metrics
+
+
+def predict_at_original(adapter: Adapter, batch: ImageBatch) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Image scores [B] and maps at each image's original size (None for image-level methods)."""
+    return finish(adapter, adapter.predict(batch), batch)
+
+
+def references(adapter: Adapter, plan: Plan, group: QueryGroup, mask_threshold: int, k_abnormal: int,
+               normal: ReferenceSet | None = None) -> tuple[ReferenceSet, ReferenceSet | None]:
+    """The group's reference sets in the adapter's preprocessing (pass `normal` to reuse it)."""
+    preprocessing = adapter.preprocessing()
+    if normal is None:
+        normal = load_references(plan.normal, preprocessing, mask_threshold, with_masks=False)
+    abnormal = None
+    if k_abnormal and group.abnormal is not None:
+        abnormal = load_references(pd.DataFrame([group.abnormal]), preprocessing, mask_threshold, with_masks=True)
+    return normal, abnormal
+
+
+@dataclass
+class CategoryResult:
+    """Per query (in scoring order): path relative to the data set, label, image score; the masks
+    and maps when the method gives maps; the metrics; the seconds spent predicting."""
+
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def evaluate_plan(adapter: Adapter, category: str, plan: Plan, *, files_root, mask_threshold: int, k_abnormal: int,
+                  batch_size: int = 8, only: set[str] | None = None, with_metrics: bool = True,
+                  progress: bool = False) -> CategoryResult:
+    """Score the plan's queries (or only those whose path is in `only`). Maps are kept, and the
+    pixel metrics computed, for methods that give maps."""
+    result = CategoryResult()
+    preprocessing, normal = adapter.preprocessing(), None
+    started = time.time()
+    for group in plan.groups:
+        queries = group.queries if only is None else group.queries[group.queries.path.isin(only)]
+        if queries.empty:
+            continue
+        normal, abnormal = references(adapter, plan, group, mask_threshold, k_abnormal, normal)
+        adapter.set_references(category, normal, abnormal)
+        for begin in tqdm(range(0, len(queries), batch_size), desc=category, unit="batch", leave=False, disable=not progress):
+            rows = queries.iloc[begin:begin + batch_size]
+            batch = load_batch(rows, preprocessing)
+            scores, maps = predict_at_original(adapter, batch)
+            result.scores.extend(scores.tolist())
+            result.labels.extend(int(v) for v in rows.label)
+            result.paths.extend(os.path.relpath(p, files_root) for p in rows.path)
+            if adapter.pixel_level and maps is not None:
+                result.masks.extend(original_masks(batch, mask_threshold))
+                result.maps.extend(maps)
+    result.seconds = time.time() - started
+    if with_metrics:
+        result.metrics = {**image_metrics(result.labels, result.scores), **pixel_metrics(result.masks, result.maps)}
+    return result

@@ -1,0 +1,55 @@
+"""The paper's grid rehearsed on stand-in data with the paper's architectures (random weights):
+the reduced form that CI affords. docs/reproducing.md tells a GPU user to run the full one first."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    results = tmp_path_factory.mktemp("rehearsal")
+    # every architecture of the paper: DINOv2 ViT-S/14 (NAGL, normal NN), CLIP ViT-B-16+ (WinCLIP,
+    # InCTRL), WideResNet-50-2 (PatchCore, ResAD); one pair with source training on MVTec AD and
+    # the BraTS volumes converted by `prepare brats` as the target
+    status = main(["rehearse", "--results", str(results), "--categories", "1", "--seed", "0", "--setting", "N1",
+                   "--setting", "N1+A1", "--limit", "2", "--pair", "mvtec:brats", "--bench-method", "patchcore",
+                   "--bench-method", "nagl", "--no-progress"])
+    return status, results
+
+
+def test_every_cell_of_the_reduced_grid_runs(rehearsal):
+    status, results = rehearsal
+    assert status == 0
+    cells = [json.loads(p.read_text()) for p in (results / "runs").rglob("*.json")]
+    assert len(cells) == 11  # main.yaml's 11 methods on mvtec -> brats, each in its own setting
+    assert all(c["status"] == "done" for c in cells), [c.get("error") for c in cells if c["status"] != "done"]
+    assert all(c["rehearsal"] is True and c["limit"] == 2 for c in cells)
+    assert all(c["method"]["random_weights"] for c in cells)
+    dinov2 = next(c for c in cells if c["cell"]["method"] == "nagl")["method"]
+    assert dinov2["pos_embed_resize"] == "dinov2_hub" and dinov2["backbone"] == "dinov2_vits14"
+
+
+def test_tables_and_report_mark_the_rehearsal_everywhere(rehearsal):
+    _, results = rehearsal
+    table = pd.read_csv(results / "tables" / "main" / "medical.csv")
+    assert table.rehearsal.all() and table.method.str.endswith("[rehearsal]").all()
+    assert (results / "tables" / "main" / "medical.tex").read_text().count("REHEARSAL, not results") == 1
+    efficiency = pd.read_csv(results / "tables" / "efficiency_paper_rehearsal" / "efficiency.csv")
+    assert set(efficiency.method) == {"patchcore", "nagl"} and efficiency.rehearsal.all() and (efficiency.status == "done").all()
+    report = (results / "report.md").read_text()
+    assert "◊" in report and "Efficiency (efficiency_paper_rehearsal)" in report
+
+
+def test_the_gate_refuses_rehearsal_cells(rehearsal, capsys):
+    _, results = rehearsal
+    assert main(["check", "configs/experiments/main.yaml", "--results", str(results), "--data-root", str(results / "data")]) == 2
+    assert "rehearsal or --limit cells measure nothing" in capsys.readouterr().err
+    assert main(["check", "configs/experiments/main.yaml", "--results", str(results), "--data-root", str(results / "data"),
+                 "--update", "--golden", str(results / "golden")]) == 2
+    assert not (results / "golden").exists()
