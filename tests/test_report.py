@@ -14,7 +14,9 @@ from conftest import write_experiment
 
 METHODS = [{"name": "nn_tiny", "adapter": "normal_nn", "label": "NN tiny", "config": {"backbone": "lite0_imagenet", "input_size": 64}},
            {"name": "abl_iii", "adapter": "nn_ablation", "label": "(iii) tiny",
-            "config": {"variant": "normal+abnormal", "backbone": "lite0_imagenet", "input_size": 64}}]
+            "config": {"variant": "normal+abnormal", "backbone": "lite0_imagenet", "input_size": 64}},
+           {"name": "abl_i", "adapter": "nn_ablation", "label": "(i) tiny",
+            "config": {"variant": "normal", "backbone": "lite0_imagenet", "input_size": 64}}]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def test_report_writes_markdown_tables_and_every_figure(finished, capsys):
     assert main(["report", "-e", str(experiment), "--results", str(results)]) == 0
     report = (results / "report.md").read_text()
     figures = sorted(p.name for p in (results / "figures").glob("*.png"))
-    assert figures == ["tiny_abnormal_reference_gain.png", "tiny_per_category_tiny_objects.png",
+    assert figures == ["tiny_abnormal_reference_gain.png", "tiny_critical_difference.png", "tiny_per_category_tiny_objects.png",
                        "tiny_per_category_tiny_textures.png", "tiny_qualitative.png", "tiny_roc_tiny_objects_hex_nut.png"]
     for name in figures:
         assert f"(figures/{name})" in report
@@ -58,10 +60,10 @@ def test_qualitative_grid_has_image_mask_and_one_map_per_method_per_row(finished
     panels = qualitative_maps(Runner(experiment, results, show_progress=False), experiment, frame, k=1, images_per_category=2)
     categories = 3 + 3  # hex_nut, tablet, washer; terrazzo, weave, wood
     assert len(panels) == categories * 2
-    assert all(set(maps) == {"NN tiny", "(iii) tiny"} and all(m.shape == row_size for m in maps.values())
+    assert all(set(maps) == {"NN tiny", "(iii) tiny", "(i) tiny"} and all(m.shape == row_size for m in maps.values())
                for _, _, row, maps, _ in panels for row_size in [maps["NN tiny"].shape])
     figure = qualitative_grid(panels, [m.label for m in experiment.methods])
-    assert len(figure.axes) == len(panels) * (2 + 2)
+    assert len(figure.axes) == len(panels) * (2 + 3)
 
 
 def test_the_report_never_retrains_a_model_whose_checkpoint_is_gone(tmp_path, synthetic_root):

@@ -1,5 +1,5 @@
 """`gadbench` command line: run | tables | report | refs | check | list | weights | prepare | cache |
-bench | estimate | rehearse. The commands live in benchmark/cli/commands.py."""
+bench | estimate | rehearse | compare. The commands live in benchmark/cli/commands.py."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import warnings
 
 from benchmark.cli.commands import (cmd_bench, cmd_cache, cmd_check, cmd_estimate, cmd_list, cmd_prepare, cmd_refs,
                                     cmd_rehearse, cmd_report, cmd_run, cmd_tables, cmd_weights)
+from benchmark.cli.compare import cmd_compare
 from benchmark.cli.options import DEFAULT_RESULTS, _common
 from benchmark.config import CONFIG_DIR
 from benchmark.errors import GadbenchError
@@ -72,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     tables = sub.add_parser("tables", help="write results/tables from the cell files")
     _common(tables)
     tables.set_defaults(func=cmd_tables)
+
+    compare = sub.add_parser("compare", help="method A - method B on the same queries: paired intervals and tests")
+    compare.add_argument("a", metavar="A", help="a method of the experiment")
+    compare.add_argument("b", metavar="B", help="the method it is compared with")
+    compare.add_argument("--experiment", "-e", default=str(CONFIG_DIR / "experiments" / "mini.yaml"))
+    compare.add_argument("--data-root", help="folder holding the data sets (default: $DATA_ROOT, else the experiment's data_root)")
+    compare.add_argument("--results", default=str(DEFAULT_RESULTS))
+    compare.set_defaults(func=cmd_compare)
 
     rehearse = sub.add_parser("rehearse", help="rehearse the paper's grid (main, ablation, efficiency) on stand-in data "
                               "with the paper's architectures on random weights, before renting a GPU")

@@ -58,11 +58,11 @@ def update(experiment: Experiment, results_root: Path, golden_root: Path, tolera
 def check(experiment: Experiment, results_root: Path, golden_root: Path, tolerance: float | None = None) -> list[str]:
     """Every difference beyond the tolerance, as one line each (empty: the gate passes)."""
     path = golden_path(experiment, golden_root)
+    values, unfinished = current_values(experiment, results_root)  # refuses rehearsal cells first
     if not path.is_file():
         return [f"{path}: no golden values; run `gadbench check --update -e {experiment.path}` on purpose"]
     golden = json.loads(path.read_text())
     tolerance = golden["tolerance"] if tolerance is None else tolerance
-    values, unfinished = current_values(experiment, results_root)
     problems = [f"unfinished: {line}" for line in unfinished]
     for key, expected in sorted(golden["cells"].items()):
         if key not in values:

@@ -33,6 +33,7 @@ from benchmark.data.images import load_image, load_mask  # noqa: E402
 from benchmark.run.engine import evaluate_plan  # noqa: E402
 from benchmark.run.results import DONE, cell_path, read_cell  # noqa: E402
 from benchmark.outputs.tables import collect, write_tables  # noqa: E402
+from benchmark.outputs.cd_diagram import critical_difference  # noqa: E402
 
 
 def _save(figure, path: Path) -> Path:
@@ -257,6 +258,10 @@ def write_report(experiments: list[Experiment], results_root: Path, k: int | Non
         if figure is not None:
             path = _save(figure, figures / f"{experiment.name}_abnormal_reference_gain.png")
             lines += [f"![gain from the abnormal reference](figures/{path.name})", ""]
+        difference = critical_difference(frame, f"{experiment.name}: critical-difference diagram")
+        if difference is not None:
+            path = _save(difference[0], figures / f"{experiment.name}_critical_difference.png")
+            lines += [difference[1], "", f"![critical-difference diagram](figures/{path.name})", ""]
         runner = Runner(experiment, results_root, show_progress=False, cache_dir=cache_dir)
         panels = qualitative_maps(runner, experiment, frame, chosen_k, images_per_category, seed)
         figure = qualitative_grid(panels, [m.label for m in experiment.methods])

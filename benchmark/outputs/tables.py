@@ -1,6 +1,8 @@
 """Cell files -> tables: main / medical (per the experiment's `tables:`) and per-category tables.
 
-Every value is the mean +- std over seeds of the per-seed mean over categories, in percent.
+Every value is the mean +- std over seeds of the per-seed mean over categories, in percent, with
+its 95 % bootstrap interval in the CSV; rows not significantly worse than the best of their shot
+group are marked (benchmark/outputs/significance.py).
 CSV holds the numbers (mean and std columns); LaTeX (booktabs) and the console view show
 'mean +- std', best of each shot group in bold and second underlined. Cells that were skipped
 (missing weights) or failed show as missing with a footnote that says why.
@@ -16,6 +18,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.atomic import write_text
+from benchmark.outputs.significance import LEVEL_TEXT, mark_not_worse, pooled_interval
 from benchmark.run.experiment import Experiment
 from benchmark.run.results import DONE, recorded_cells
 
@@ -37,7 +40,8 @@ def collect(experiment: Experiment, results_root: Path) -> pd.DataFrame:
                "target_selected": method_info.get("checkpoint_policy") == "official-target-selected",
                "rehearsal": bool(data.get("rehearsal")), "limit": data.get("limit"),
                "per_category": (data.get("metrics") or {}).get("per_category", {}),
-               "per_image": data.get("per_image") or {}}
+               "per_image": data.get("per_image") or {},
+               "bootstrap": (data.get("metrics") or {}).get("bootstrap")}
         for name, value in ((data.get("metrics") or {}).get("mean") or {}).items():
             row[name] = np.nan if value is None else value
         rows.append(row)
@@ -74,6 +78,9 @@ def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str], w
                 values = done[metric].dropna().to_numpy() if metric in done else np.array([])
                 row[f"{target}:{metric}:mean"] = 100 * values.mean() if values.size else np.nan
                 row[f"{target}:{metric}:std"] = 100 * values.std(ddof=0) if values.size else np.nan
+                bounds = pooled_interval(done, metric) if len(done) == len(cells) and len(done) else None
+                row[f"{target}:{metric}:ci_low"], row[f"{target}:{metric}:ci_high"] = \
+                    (100 * bounds[0], 100 * bounds[1]) if bounds else (np.nan, np.nan)
             row[f"{target}:seeds"] = len(done)
             bad = cells[cells.status != DONE]
             if len(bad):
@@ -88,6 +95,12 @@ def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str], w
         out.append(row)
     footnotes = [f"({mark}) {reason}" for reason, mark in notes.items()]
     table = pd.DataFrame(out)
+    if len(table):
+        table = mark_not_worse(table, frame, targets, [m for m, _ in TABLE_METRICS], dict(zip(frame.label, frame.method)))
+        if any(table[f"{t}:{m}:not_worse"].eq(True).sum() > 1 for t in targets for m, _ in TABLE_METRICS):
+            footnotes.append(f"(≈) not significantly worse than the best of its shot group: the {LEVEL_TEXT} paired-bootstrap"
+                             " interval of the difference (test images resampled within category and label, pooled over"
+                             " seeds) reaches 0; columns ci_low / ci_high in the CSV are each entry's interval")
     if len(table) and table.random_weights.any():
         footnotes.append("(†) random backbone weights: not a measurement of the method")
     if len(table) and table.target_selected.any():
@@ -145,6 +158,8 @@ def _formatted(table: pd.DataFrame, targets: list[str], style: str) -> tuple[lis
                     text = f"\\underline{{{mean:.1f}}}$\\pm${std:.1f}"
                 elif style == "console" and rank == 1:
                     text += " *"
+                if rank != 1 and record.get(f"{target}:{metric}:not_worse") in (True,):
+                    text += " ≈" if style == "console" else "$^{\\approx}$"
             if note:
                 text += f" ({note})" if style == "console" else f"$^{{{note}}}$"
             line.append(text)

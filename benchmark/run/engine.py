@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from benchmark.adapter import Adapter, ImageBatch, ReferenceSet
 from benchmark.data.batches import load_batch, load_references, original_masks
 from benchmark.data.references import Plan, QueryGroup
+from benchmark.run.intervals import pixel_histograms
 from benchmark.run.maps import finish
 from benchmark.run.metrics import image_metrics, pixel_metrics
 
@@ -53,6 +54,7 @@ class CategoryResult:
     maps: list[np.ndarray] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
+    pixel_histograms: np.ndarray | None = None  # [n, 2, bins] for the pixel AUROC's bootstrap
 
 
 def evaluate_plan(adapter: Adapter, category: str, plan: Plan, *, files_root, mask_threshold: int, k_abnormal: int,
@@ -82,4 +84,6 @@ def evaluate_plan(adapter: Adapter, category: str, plan: Plan, *, files_root, ma
     result.seconds = time.time() - started
     if with_metrics:
         result.metrics = {**image_metrics(result.labels, result.scores), **pixel_metrics(result.masks, result.maps)}
+        if result.maps and np.isfinite(result.metrics["pixel_auroc"]):
+            result.pixel_histograms = pixel_histograms(result.masks, result.maps)
     return result

@@ -30,6 +30,7 @@ from benchmark.run.experiment import Cell, Experiment
 from benchmark.features.disk_cache import DiskFeatureCache
 from benchmark.features.service import FeatureService
 from benchmark.data.images import file_sha256
+from benchmark.run.intervals import DESCRIPTION as BOOTSTRAP_DESCRIPTION, category_replicates, cell_replicates, interval
 from benchmark.run.engine import evaluate_plan
 from benchmark.run.metrics import METRIC_NAMES
 from benchmark.run.provenance import git_state, package_versions
@@ -214,7 +215,7 @@ class Runner:
         timings = {}
         adapter, checkpoint = self.adapter_for(cell, timings)
         table = self.table(cell.target)
-        per_category, counts, manifests, per_image = {}, {}, {}, {}
+        per_category, counts, manifests, per_image, replicates = {}, {}, {}, {}, {}
         predict_seconds, images_scored = 0.0, 0
         for category in sorted(table.category.unique()):
             manifest_file, plan = self.plan(cell, category)
@@ -225,6 +226,8 @@ class Runner:
             per_category[category] = result.metrics
             # per-image scores (paths relative to the data set): ROC curves and paired tests need them
             per_image[category] = {"path": result.paths, "label": result.labels, "score": result.scores}
+            replicates[category] = category_replicates(category, cell.seed, result.paths, result.labels, result.scores,
+                                                       result.pixel_histograms)
             counts[category] = {"queries": len(result.labels), "anomalous": int(np.sum(result.labels)),
                                 "removed_references_from_queries": plan.removed_from_queries,
                                 "abnormal_reference_groups": len(plan.groups)}
@@ -233,6 +236,11 @@ class Runner:
                 if any(np.isfinite(m[name]) for m in per_category.values()) else float("nan") for name in METRIC_NAMES}
         timings.update(predict_seconds=predict_seconds, images_scored=images_scored,
                        images_per_second=images_scored / predict_seconds if predict_seconds else None)
-        return {"metrics": {"mean": mean, "per_category": per_category}, "counts": counts, "manifests": manifests,
+        bootstrap = cell_replicates(replicates)
+        intervals = {metric: interval(values) for metric, values in bootstrap.items()}
+        bootstrap = {metric: None if v is None else np.round(v, 6).tolist() for metric, v in bootstrap.items()}
+        return {"metrics": {"mean": mean, "per_category": per_category, "intervals": intervals,
+                            "bootstrap": {"description": BOOTSTRAP_DESCRIPTION, **bootstrap}},
+                "counts": counts, "manifests": manifests,
                 "per_image": per_image, "training_seed": getattr(adapter, "training_seed", None),
                 "method": adapter.describe(), "checkpoint": str(checkpoint) if checkpoint else None, "timings": timings}
