@@ -166,7 +166,8 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
         residuals = [torch.empty_like(level) for level in features]
         for category in rows.category.unique():  # each image against references of its own category
             index = [i for i, c in enumerate(rows.category) if c == category]
-            pool = [p for p in pools.get(category, []) if p not in set(rows.path.iloc[index])]
+            in_batch = set(rows.path.iloc[index])
+            pool = [p for p in pools.get(category, []) if p not in in_batch]
             if not pool:
                 raise GadbenchError(f"resad: category {category!r} needs train/good images besides the batch's")
             picks = [pool[i] for i in rng.choice(len(pool), size=min(training["train_reference_shot"], len(pool)), replace=False)]

@@ -42,6 +42,36 @@ def test_bench_measures_a_method_and_writes_the_table_with_its_conditions(tmp_pa
     assert "measured before" in capsys.readouterr().out
 
 
+def test_bench_interleaves_rounds_and_reports_medians_spreads_and_side_by_side_ratios(tmp_path, synthetic_root, capsys):
+    import statistics
+
+    data = yaml.safe_load(_bench_file(tmp_path, synthetic_root).read_text())
+    small = {"method": {"name": "nn_small", "adapter": "normal_nn", "label": "NN small",
+                        "config": {"backbone": "lite0_imagenet", "input_size": 32}}}
+    data.update(rounds=2, batch_sizes=[1], methods=data["methods"] + [small])
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(data))
+    results = tmp_path / "results"
+    assert main(["bench", "-e", str(tmp_path / "two.yaml"), "--results", str(results), "--device", "cpu"]) == 0
+    order = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if ": round " in line]
+    assert order == ["nn_tiny", "nn_small", "nn_tiny", "nn_small"]  # A B, A B: interleaved
+    folder = results / "efficiency" / "efficiency_tiny" / "cpu"
+    reference, other = (json.loads((folder / f"{m}.json").read_text()) for m in ("nn_tiny", "nn_small"))
+    per_round = {m: r["per_batch"]["1"]["per_round"] for m, r in (("ref", reference), ("other", other))}
+    assert other["rounds"] == 2 and len(per_round["other"]) == 2
+    assert other["throughput_batch1"] == statistics.median(per_round["other"])
+    spread = (max(per_round["other"]) - min(per_round["other"])) / statistics.median(per_round["other"])
+    assert other["throughput_batch1_spread"] == spread and other["noisy"] == (spread > 0.2)
+    assert reference["ratio_batch1"] == 1.0 and other["reference"] == "nn_tiny"
+    ratios = [a / b for a, b in zip(per_round["other"], per_round["ref"])]
+    assert other["ratio_batch1"] == statistics.median(ratios)
+    csv = (results / "tables" / "efficiency_tiny" / "efficiency.csv").read_text()
+    assert "ratio_batch1" in csv and "throughput_batch1_spread" in csv
+    # measuring one method again measures the reference beside it: ratios stay side by side
+    assert main(["bench", "-e", str(tmp_path / "two.yaml"), "--results", str(results), "--device", "cpu",
+                 "--method", "nn_small", "--force"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if ": round " in line] == ["nn_tiny", "nn_small"] * 2
+
+
 def test_cpu_and_gpu_rows_get_tables_of_their_own(tmp_path):
     from benchmark.outputs.efficiency_tables import write_efficiency_tables
 

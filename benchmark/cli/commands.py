@@ -78,7 +78,8 @@ def cmd_cache(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from benchmark.outputs.efficiency import load_bench, run_bench
+    from benchmark.outputs.bench_rounds import run_bench
+    from benchmark.outputs.efficiency import load_bench
     from benchmark.outputs.efficiency_tables import write_efficiency_tables
     from benchmark.run.runner import pick_device
 
@@ -123,7 +124,8 @@ def cmd_tables(args) -> int:
 def cmd_rehearse(args) -> int:
     import time
 
-    from benchmark.outputs.efficiency import load_bench, run_bench
+    from benchmark.outputs.bench_rounds import run_bench
+    from benchmark.outputs.efficiency import load_bench
 
     from benchmark.outputs.efficiency_tables import write_efficiency_tables
     from benchmark.run.experiment import load_experiment

@@ -1,12 +1,15 @@
 """The efficiency table: parameters, source training time, inference throughput and peak memory.
 
-`gadbench bench -e configs/experiments/efficiency.yaml` measures every listed method in a fresh
-process of its own (so one method's memory never counts against the next) and writes one JSON per
-(device, method) under <results>/efficiency/, then results/tables/efficiency.{csv,tex}.
+`gadbench bench -e configs/experiments/efficiency.yaml` measures every listed method in
+interleaved rounds (benchmark/outputs/bench_rounds.py), each measurement in a fresh process of its
+own (so one method's memory never counts against the next), and writes one JSON per (device,
+method) under <results>/efficiency/, then results/tables/<bench>/efficiency.{csv,tex}. This module
+is what runs inside one such process.
 
 What is timed, per method:
   - training: the method's fit_source on the bench's source domain, its configured schedule (with
-    the bench's overrides, shown in the row), from scratch in a temporary folder;
+    the bench's overrides, shown in the row), from scratch, in the first round only (later rounds
+    load its checkpoint);
   - inference: predict() on already decoded, preprocessed query images of the target category with
     the references set once: the backbone (the feature cache is off), the method's head and the
     map post-processing; image decoding and metrics are not timed. After `warmup` calls, calls are
@@ -22,23 +25,19 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
-from benchmark.config import check_keys, config_hash, load_yaml
+from benchmark.config import check_keys, load_yaml
 from benchmark.errors import MissingWeights
-from benchmark.run.results import read_cell, write_json_atomic
 
 BENCH_KEYS = {"name", "description", "data_root", "datasets", "source", "target", "category", "settings", "batch_sizes",
-              "warmup", "min_seconds", "max_batch_seconds", "methods"}
+              "warmup", "min_seconds", "max_batch_seconds", "methods", "rounds", "reference"}
 METHOD_ENTRY_KEYS = {"method", "config", "random_weights", "label"}
-BENCH_VERSION = 1  # in every row's key: bump when what is timed changes
+BENCH_VERSION = 2  # in every row's key: bump when what is timed changes
 
 
 def load_bench(path: str | Path, data_root: str | None = None) -> dict:
@@ -46,7 +45,8 @@ def load_bench(path: str | Path, data_root: str | None = None) -> dict:
     data = load_yaml(path)
     check_keys(str(path), data, BENCH_KEYS, {"source", "target", "methods"})
     bench = {"settings": {"normal": "N1", "normal+abnormal": "N1+A1"}, "batch_sizes": [1, 2, 4, 8, 16], "warmup": 1,
-             "min_seconds": 2.0, "max_batch_seconds": 20.0, "category": None, **data, "path": str(path)}
+             "min_seconds": 2.0, "max_batch_seconds": 20.0, "category": None, "rounds": 3, "reference": None, **data,
+             "path": str(path)}
     bench["data_root"] = data_root or os.environ.get("DATA_ROOT") or bench.get("data_root", "data")
     bench.setdefault("name", path.stem)
     for entry in bench["methods"]:
@@ -119,8 +119,10 @@ def _throughput(adapter, batch, device, warmup: int, min_seconds: float) -> tupl
     return len(batch) * calls / elapsed, elapsed / calls
 
 
-def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | None) -> dict:
-    """Runs in a fresh process: train (if asked), then time inference, for one method."""
+def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str,
+            sizes: list[int] | None = None) -> dict:
+    """Runs in a fresh process: train (or load what an earlier round trained in `workdir`), then
+    time inference at `sizes` (default: batch 1 and the bench's sizes until one call is too slow)."""
     import warnings
 
     from benchmark import registry
@@ -153,28 +155,29 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
            "device": device.type, "device_name": device_name(device), "precision": "float32", "threads": torch.get_num_threads(),
            "setting": setting.label, "overrides": entry.get("config") or {}, "source": source.name, "target": target.name}
     try:
-        with tempfile.TemporaryDirectory() as workdir:
-            adapter = adapter_class(config, RunContext(device, store, training_features, Path(workdir)))
-            if adapter_class.trains_on_source:
-                start = time.perf_counter()
-                adapter.fit_source(Domain(source.name, read_dataset(source), source.mask_threshold), 0, Path(workdir),
-                                   setting=setting, target=None)
-                _sync(device)
+        adapter = adapter_class(config, RunContext(device, store, training_features, Path(workdir)))
+        if adapter_class.trains_on_source:
+            fresh = not any(Path(workdir).rglob("model.pt"))
+            start = time.perf_counter()
+            adapter.fit_source(Domain(source.name, read_dataset(source), source.mask_threshold), 0, Path(workdir),
+                               setting=setting, target=None)
+            _sync(device)
+            if fresh:  # the first round trains and is timed; later rounds load its checkpoint
                 row["training_seconds"] = time.perf_counter() - start
-                row["training_epochs"] = adapter.describe().get("training_epochs")
-            adapter.context.features = timing_features
-            preprocessing = adapter.preprocessing()
-            table = read_dataset(target)
-            category = bench["category"] or sorted(table.category.unique())[0]
-            rows = table[table.category == category]
-            # the references: the first k normal training images and the first anomalous one
-            group = QueryGroup(rows[rows.label == 1].iloc[0].to_dict() if setting.k_abnormal else None, rows.iloc[:0])
-            plan = Plan(None, rows[(rows.split == "train") & (rows.label == 0)].head(setting.k_normal), [group], 0)
-            adapter.set_references(category, *references(adapter, plan, group, target.mask_threshold, setting.k_abnormal))
-            per_batch = _time_batch_sizes(adapter, rows[rows.split == "test"].reset_index(drop=True), preprocessing,
-                                          device, bench)
-            best = max(per_batch, key=lambda b: per_batch[b]["images_per_second"])
-            description = adapter.describe()
+            row["training_epochs"] = adapter.describe().get("training_epochs")
+        adapter.context.features = timing_features
+        preprocessing = adapter.preprocessing()
+        table = read_dataset(target)
+        category = bench["category"] or sorted(table.category.unique())[0]
+        rows = table[table.category == category]
+        # the references: the first k normal training images and the first anomalous one
+        group = QueryGroup(rows[rows.label == 1].iloc[0].to_dict() if setting.k_abnormal else None, rows.iloc[:0])
+        plan = Plan(None, rows[(rows.split == "train") & (rows.label == 0)].head(setting.k_normal), [group], 0)
+        adapter.set_references(category, *references(adapter, plan, group, target.mask_threshold, setting.k_abnormal))
+        per_batch = _time_batch_sizes(adapter, rows[rows.split == "test"].reset_index(drop=True), preprocessing,
+                                      device, bench, sizes)
+        best = max(per_batch, key=lambda b: per_batch[b]["images_per_second"])
+        description = adapter.describe()
     except MissingWeights as error:
         return {**row, "status": "skipped", "reason": str(error)}
     total, trainable = description.get("parameters_total"), description.get("parameters_trainable")
@@ -188,12 +191,14 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
             "memory_kind": "CUDA max allocated" if device.type == "cuda" else "process peak RSS"}
 
 
-def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, bench: dict) -> dict[int, dict]:
-    """Throughput and peak memory at batch 1 and each bench batch size, until one call is too slow."""
+def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, bench: dict,
+                      sizes: list[int] | None = None) -> dict[int, dict]:
+    """Throughput and peak memory at batch 1 and each bench batch size, until one call is too slow
+    (or at exactly `sizes`: the later rounds time what the first one did)."""
     from benchmark.data.batches import load_batch
 
     per_batch = {}
-    for size in sorted(set(bench["batch_sizes"]) | {1}):
+    for size in sizes or sorted(set(bench["batch_sizes"]) | {1}):
         batch = load_batch(queries.iloc[[i % len(queries) for i in range(size)]], preprocessing)
         batch.images  # decode now: decoding is not part of the timed call
         if device.type == "cuda":
@@ -203,7 +208,7 @@ def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, ben
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
         per_batch[size] = {"images_per_second": images_per_second, "seconds_per_call": call_seconds,
                            "peak_memory_mib": peak / 2**20}
-        if call_seconds > bench["max_batch_seconds"]:
+        if sizes is None and call_seconds > bench["max_batch_seconds"]:
             break
     return per_batch
 
@@ -213,44 +218,3 @@ def _merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
     return out
-
-
-def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir: str | None = None,
-              force: bool = False, only: list[str] | None = None, echo=print) -> list[dict]:
-    """Measure what is not measured yet for this device (a row is redone when its key changes)."""
-    from benchmark.run.experiment import load_method
-
-    folder = Path(results_root) / "efficiency" / bench["name"] / device_slug(device)
-    name = device_name(device)
-    rows = []
-    for order, entry in enumerate(bench["methods"]):
-        method = load_method(entry["method"], bench["path"]).name
-        if only and method not in only:
-            continue
-        key = config_hash({"entry": entry, "bench": {k: bench.get(k) for k in ("source", "target", "category", "settings",
-                                                                              "batch_sizes", "warmup", "min_seconds",
-                                                                              "max_batch_seconds", "rehearsal")},
-                           "device": name, "version": BENCH_VERSION})
-        path = folder / f"{method}.json"
-        existing = read_cell(path)
-        if existing and existing.get("key") == key and not force:
-            if existing.get("order") != order:  # the table lists methods in the bench file's order
-                existing["order"] = order
-                write_json_atomic(existing, path)
-            rows.append(existing)
-            echo(f"{method}: measured before on {name} (use --force to measure again)")
-            continue
-        echo(f"{method}: measuring on {name} ...")
-        # a fresh process per method: peak memory and warm caches are its own
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            row = pool.submit(measure, bench, entry, str(device), weights_dir).result()
-        row["key"], row["order"], row["bench"], row["rehearsal"] = key, order, bench["name"], bool(bench.get("rehearsal"))
-        write_json_atomic(row, path)
-        rows.append(row)
-        if row["status"] == "done":
-            echo(f"  {row['throughput_batch1']:.2f} img/s at batch 1, {row['throughput_best']:.2f} img/s at batch "
-                 f"{row['best_batch']}, peak {row['peak_memory_mib']:.0f} MiB"
-                 + (f", training {row['training_seconds']:.1f} s" if row.get("training_seconds") else ""))
-        else:
-            echo(f"  skipped: {row['reason']}")
-    return rows

@@ -10,12 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.atomic import write_text
+from benchmark.outputs.bench_rounds import NOISY_SPREAD
 from benchmark.errors import GadbenchError
 from benchmark.outputs.tables import RenderedTable
 from benchmark.run.results import read_cell
 
 COLUMNS = [("label", "Method"), ("parameters_total_m", "Params (M)"), ("parameters_trainable_m", "Trainable (M)"),
-           ("training_seconds", "Training (s)"), ("throughput_batch1", "img/s @1"), ("throughput_best", "img/s best"),
+           ("training_seconds", "Training (s)"), ("throughput_batch1", "img/s @1"), ("throughput_batch1_spread", "spread @1 (%)"),
+           ("ratio_batch1", "x ref @1"), ("throughput_best", "img/s best"),
            ("best_batch", "best batch"), ("peak_memory_mib", "Peak mem (MiB)"), ("image_size", "Size")]
 
 
@@ -34,8 +36,9 @@ def efficiency_frame(results_root: Path, name: str | None = None) -> pd.DataFram
     frame = frame.sort_values(["device", "order"] if "order" in frame else ["device"], kind="stable")
     keep = ["method", "label", "status", "device", "device_name", "precision", "threads", "image_size",
             "parameters_total_m", "parameters_trainable_m", "training_seconds", "training_epochs", "source",
-            "throughput_batch1", "best_batch", "throughput_best", "peak_memory_mib", "memory_kind", "random_weights",
-            "overrides", "rehearsal", "reason"]
+            "throughput_batch1", "throughput_batch1_spread", "ratio_batch1", "ratio_batch1_spread", "reference", "rounds",
+            "best_batch", "throughput_best", "throughput_best_spread", "noisy", "peak_memory_mib", "memory_kind",
+            "random_weights", "overrides", "rehearsal", "reason"]
     return frame.reindex(columns=keep)
 
 
@@ -48,6 +51,10 @@ def _cell(value, column: str) -> str:
         return f"{value:.2f}"
     if column in ("training_seconds", "peak_memory_mib"):
         return f"{value:.0f}"
+    if column.endswith("_spread"):
+        return f"{100 * value:.0f}"
+    if column == "ratio_batch1":
+        return f"{value:.2f}"
     if column.startswith("throughput"):
         return f"{value:.2f}" if value < 100 else f"{value:.0f}"
     return str(value)
@@ -76,12 +83,20 @@ def write_efficiency_tables(results_root: Path, name: str, echo=print, rendered:
             if isinstance(record.get("overrides"), dict) and record["overrides"]:
                 label += " §"
                 notes.append(f"§ {record['label']}: measured with the config overrides {json.dumps(record['overrides'])}")
+            if record.get("noisy") is True:
+                label += " (!)"
+                notes.append(f"(!) throughput spread over rounds above {round(100 * NOISY_SPREAD)} %: the machine was busy;"
+                             " measure again with `gadbench bench --force`")
             if record["status"] != "done":
                 lines.append([label] + ["–"] * (len(COLUMNS) - 1))
                 continue
             lines.append([label] + [_cell(record[c], c) for c, _ in COLUMNS[1:]])
-        conditions = (f"{name}, {precision}, {int(threads)} torch threads; memory: {memory_kind}; "
-                      "throughput after warm-up, image decoding and metrics excluded")
+        rounds = group["rounds"].dropna()
+        reference = group["reference"].dropna()
+        conditions = (f"{name}, {precision}, {int(threads)} torch threads; memory: {memory_kind}; throughput after warm-up,"
+                      f" image decoding and metrics excluded, median over {int(rounds.max()) if len(rounds) else 1} interleaved"
+                      f" rounds (spread: (max - min) / median)"
+                      + (f"; x ref: throughput / {reference.iloc[0]}'s in the same round, median" if len(reference) else ""))
         notes = list(dict.fromkeys(notes))
         shown = RenderedTable(f"Efficiency on {conditions}", [h for _, h in COLUMNS], lines, notes)
         echo("\n" + shown.title + "\n" + tabulate(lines, headers=shown.headers, tablefmt="github"))

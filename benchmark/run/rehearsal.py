@@ -66,8 +66,11 @@ def rehearsal_bench(bench: dict, only: list[str] | None = None) -> dict:
             continue
         methods.append({**entry, "config": _deep_merge(entry.get("config") or {}, method.config), "random_weights": True,
                         "label": method.label})
+    kept = {load_method(entry["method"], bench["path"]).name for entry in methods}
+    reference = bench.get("reference") if bench.get("reference") in kept else None  # None: the first method kept
     return {**bench, "name": f"{bench.get('name', 'efficiency')}_rehearsal", "methods": methods, "batch_sizes": [1, 2],
-            "warmup": 0, "min_seconds": 0.0, "max_batch_seconds": 1.0, "rehearsal": True}
+            "reference": reference,
+            "warmup": 0, "min_seconds": 0.0, "max_batch_seconds": 1.0, "rounds": 1, "rehearsal": True}
 
 
 def prepare_standin_data(root: Path, categories: int | None = None, echo=print) -> Path:
