@@ -75,7 +75,7 @@ def _cell(method, seed, scores_by_category, labels, setting="N1"):
         paths = [f"{category}/{i:03d}.png" for i in range(len(labels))]
         per_image[category] = {"path": paths, "label": list(labels), "score": list(scores)}
         per_category[category] = {"image_auroc": roc_auc_score(labels, scores), "pixel_auroc": None}
-    return {"method": method, "label": method, "setting": setting, "k": 1, "target": "t", "seed": seed, "status": "done",
+    return {"method": method, "label": method, "setting": setting, "k": 1, "abnormal": 0, "target": "t", "seed": seed, "status": "done",
             "image_auroc": np.mean([m["image_auroc"] for m in per_category.values()]), "pixel_auroc": np.nan,
             "per_category": per_category, "per_image": per_image, "bootstrap": None}
 

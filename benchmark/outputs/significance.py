@@ -127,21 +127,28 @@ def _rows(frame: pd.DataFrame, record, target: str, method_names: dict[str, str]
 
 
 def compare_frame(frame: pd.DataFrame, method_a: str, method_b: str, metrics: list[str]) -> pd.DataFrame:
-    """`gadbench compare`: per target and setting, A - B with its interval and tests, in points."""
+    """`gadbench compare`: per target and shot count k, A - B in points, each method in its own
+    setting at k (N^k+A^1 where it ran it, else N^k: both protocols score the same queries in the
+    two, and `paired` checks it), with the interval and the tests."""
     out = []
     done = frame[frame.status == "done"]
-    for (target, setting), part in done.groupby(["target", "setting"], sort=False):
-        rows_a, rows_b = part[part.method == method_a], part[part.method == method_b]
+    for (target, k), part in done.groupby(["target", "k"], sort=False):
+        rows_a, rows_b = _own_setting(part[part.method == method_a]), _own_setting(part[part.method == method_b])
         if rows_a.empty or rows_b.empty:
             continue
         for metric in metrics:
             result = paired(rows_a, rows_b, metric)
             if result is None:
                 continue
-            out.append({"target": target, "setting": setting, "metric": metric, "difference": 100 * result.difference,
+            settings = rows_a.setting.iloc[0] + ("" if rows_a.setting.iloc[0] == rows_b.setting.iloc[0] else f" vs {rows_b.setting.iloc[0]}")
+            out.append({"target": target, "setting": settings, "metric": metric, "difference": 100 * result.difference,
                         "ci_low": 100 * result.low, "ci_high": 100 * result.high, "p_bootstrap": result.p_bootstrap,
                         "p_wilcoxon": result.p_wilcoxon, "seeds": result.seeds, "categories": result.categories})
     return pd.DataFrame(out)
+
+
+def _own_setting(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows.abnormal == rows.abnormal.max()] if len(rows) else rows
 
 
 LEVEL_TEXT = f"{round(100 * LEVEL)} %"

@@ -59,12 +59,12 @@ def pixel_histograms(masks: list[np.ndarray], maps: list[np.ndarray], bins: int 
     equal-width bins over the range of all the category's maps."""
     low = min(float(m.min()) for m in maps)
     high = max(float(m.max()) for m in maps)
-    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+    scale = bins / (high - low) if high > low else 0.0
     out = np.zeros((len(maps), 2, bins))
     for i, (mask, score) in enumerate(zip(masks, maps)):
-        mask = np.asarray(mask, dtype=bool)
-        out[i, 0] = np.histogram(score[~mask], edges)[0]
-        out[i, 1] = np.histogram(score[mask], edges)[0]
+        level = np.minimum(((np.asarray(score, dtype=np.float64) - low) * scale).astype(np.int64), bins - 1)
+        # one pass: normal pixels count in [0, bins), defect pixels in [bins, 2 bins)
+        out[i] = np.bincount((level + bins * np.asarray(mask, dtype=bool)).ravel(), minlength=2 * bins).reshape(2, bins)
     return out
 
 
