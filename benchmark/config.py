@@ -34,6 +34,15 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` over a copy of `base`, nested dicts merged key by key (a method's `training:`
+    block keeps the keys an override does not name)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
 def config_hash(value) -> str:
     """A stable short hash of any JSON-able config."""
     blob = json.dumps(value, sort_keys=True, default=str).encode()

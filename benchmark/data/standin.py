@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.atomic import staged_directory
+from benchmark.data.prepare.brats import NEW_NAMES  # 2021 modality name -> 2023+ name
 from benchmark.data.synthetic import DOMAINS, render_sample
 
 STANDIN_VERSION = 1  # bump when what is written changes, so stale rehearsal data is rewritten
@@ -51,7 +52,6 @@ VISA = {
 COUNTS = {"train_good": 12, "test_good": 4, "test_per_defect": 2}
 BRATS_SHAPE = (40, 40, 155)  # (240, 240, 155) in BraTS; 155 axial slices so that slice 83 exists
 BRATS_LESION_SLICES = (70, 96)  # lesion subjects have tumour here, normal ones only far from slice 83
-BRATS_MODALITIES = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}  # 2021 name -> 2023+ name
 
 
 def _pick(options: list[str], *key: str) -> str:
@@ -154,7 +154,7 @@ def _brats_volumes(subject: str, lesion: bool) -> dict[str, np.ndarray]:
     tumour = ((x - centre[0]) / 0.25) ** 2 + ((y - centre[1]) / 0.25) ** 2 + ((z - centre[2]) / half_depth) ** 2 < 1
     tumour &= brain
     volumes = {}
-    for number, modality in enumerate(BRATS_MODALITIES):
+    for number, modality in enumerate(NEW_NAMES):
         tissue = 300 + 100 * number + rng.normal(0, 20, BRATS_SHAPE)
         volumes[modality] = np.where(brain, tissue + 400 * tumour, 0).astype(np.int16)
     volumes["seg"] = np.where(tumour, rng.choice([1, 2, 4], BRATS_SHAPE), 0).astype(np.int16)
@@ -179,6 +179,6 @@ def generate_brats(out: Path, naming: str = "2023", subjects: int = 8, subject_n
             folder.mkdir()
             suffix = ".nii" if number % 2 else ".nii.gz"
             for modality, volume in _brats_volumes(subject, lesion=number % 2 == 0).items():
-                name = modality if naming == "2021" or modality == "seg" else BRATS_MODALITIES[modality]
+                name = modality if naming == "2021" or modality == "seg" else NEW_NAMES[modality]
                 nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), str(folder / f"{subject}{separator}{name}{suffix}"))
     return Path(out)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.config import check_keys, load_yaml
+from benchmark.config import check_keys, deep_merge, load_yaml
 from benchmark.errors import MissingWeights
 
 BENCH_KEYS = {"name", "description", "data_root", "datasets", "source", "target", "category", "settings", "batch_sizes",
@@ -141,7 +141,7 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
     make_deterministic(device)
     seed_everything(0)
     method = load_method(entry["method"], bench["path"])
-    config = _merge(method.config, entry.get("config") or {})
+    config = deep_merge(method.config, entry.get("config") or {})
     if entry.get("random_weights"):
         config["allow_random_weights"] = True
     store = WeightStore(weights_dir)
@@ -211,10 +211,3 @@ def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, ben
         if sizes is None and call_seconds > bench["max_batch_seconds"]:
             break
     return per_batch
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out

@@ -20,7 +20,19 @@ from scipy import stats
 from benchmark.run.intervals import LEVEL, category_replicates, cell_replicates, interval
 
 
+def with_replicates(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with a `replicates` column, derived once per cell (`cell_bootstrap` then reads it)."""
+    if "replicates" in frame or frame.empty:
+        return frame
+    return frame.assign(replicates=[_replicates(row) for _, row in frame.iterrows()])
+
+
 def cell_bootstrap(row) -> dict[str, np.ndarray | None]:
+    replicates = row.get("replicates")
+    return replicates if isinstance(replicates, dict) else _replicates(row)
+
+
+def _replicates(row) -> dict[str, np.ndarray | None]:
     """A cell's replicates as stored; image ones recomputed from its per-image scores for cells
     written before intervals existed (the same resamples: the result is identical)."""
     stored = row.get("bootstrap") or {}
@@ -131,7 +143,7 @@ def compare_frame(frame: pd.DataFrame, method_a: str, method_b: str, metrics: li
     setting at k (N^k+A^1 where it ran it, else N^k: both protocols score the same queries in the
     two, and `paired` checks it), with the interval and the tests."""
     out = []
-    done = frame[frame.status == "done"]
+    done = with_replicates(frame[frame.status == "done"])
     for (target, k), part in done.groupby(["target", "k"], sort=False):
         rows_a, rows_b = _own_setting(part[part.method == method_a]), _own_setting(part[part.method == method_b])
         if rows_a.empty or rows_b.empty:

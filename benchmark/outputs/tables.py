@@ -18,7 +18,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.atomic import write_text
-from benchmark.outputs.significance import LEVEL_TEXT, mark_not_worse, pooled_interval
+from benchmark.outputs.significance import LEVEL_TEXT, mark_not_worse, pooled_interval, with_replicates
 from benchmark.run.experiment import Experiment
 from benchmark.run.results import DONE, recorded_cells
 
@@ -240,7 +240,7 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print, rendere
     echoed for the console and, when `rendered` is given, appended to it as a RenderedTable."""
     results_root = Path(results_root)
     out_dir = results_root / "tables" / experiment.name  # experiments may share table names (main)
-    frame = collect(experiment, results_root)
+    frame = with_replicates(collect(experiment, results_root))  # bootstrap replicates derived once per cell
     written = []
     displays = {name: spec.label for name, spec in experiment.datasets.items()}
     for table_name, spec in experiment.tables.items():

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from benchmark import registry
+from benchmark.config import deep_merge
 from benchmark.data import standin
 from benchmark.errors import GadbenchError
 from benchmark.run.experiment import Experiment, MethodSpec
@@ -27,17 +28,10 @@ REHEARSAL_NOTE = ("rehearsal on stand-in data with random weights, shortest sche
 LAYOUT = {"mvtec": "mvtec_anomaly_detection", "visa": "VisA_20220922", "brats_nifti": "brats_nifti", "brats": "brats2d"}
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = _deep_merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
 def rehearsal_method(method: MethodSpec) -> MethodSpec:
     """The method on random weights with its adapter's shortest schedule (its label says so)."""
     adapter = registry.resolve(method.adapter)
-    config = _deep_merge(method.config, {"allow_random_weights": True, **copy.deepcopy(adapter.rehearsal_config)})
+    config = deep_merge(method.config, {"allow_random_weights": True, **copy.deepcopy(adapter.rehearsal_config)})
     return dataclasses.replace(method, config=config, label=f"{method.label} [rehearsal]")
 
 
@@ -64,7 +58,7 @@ def rehearsal_bench(bench: dict, only: list[str] | None = None) -> dict:
         method = rehearsal_method(load_method(entry["method"], bench["path"]))
         if only and method.name not in only:
             continue
-        methods.append({**entry, "config": _deep_merge(entry.get("config") or {}, method.config), "random_weights": True,
+        methods.append({**entry, "config": deep_merge(entry.get("config") or {}, method.config), "random_weights": True,
                         "label": method.label})
     kept = {load_method(entry["method"], bench["path"]).name for entry in methods}
     reference = bench.get("reference") if bench.get("reference") in kept else None  # None: the first method kept
