@@ -41,8 +41,10 @@ from benchmark.data.images import load_mask
 from benchmark.run.training import resumable_epochs
 
 # in the checkpoint identity; 2: initial weights from the training seed; 3: the code's constraintor
-# loss, per-chunk flow steps and stage-2 flow loss
-TRAINER_VERSION = 3
+# loss, per-chunk flow steps and stage-2 flow loss; 4: FrEIA's permutations from the training seed
+# too (they came from whatever numpy's global RNG held, so a checkpoint depended on the cell that
+# trained it)
+TRAINER_VERSION = 4
 TRAINING_KEYS = {"epochs", "first_stage_epochs", "batch_size", "learning_rate", "weight_decay", "milestones",
                  "flow_rows_per_step", "flow_updates", "stage2_flow_loss", "boundary_beta", "boundary_margin",
                  "push_pull_weight", "train_reference_shot", "margin", "seed"}
@@ -114,8 +116,16 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
         if normals.empty:
             raise GadbenchError(f"resad: source {source.name!r} has no train/good images")
         channels = self._channels(table, source.mask_threshold)
-        torch.manual_seed(training["seed"])  # the initial weights come from the training seed alone
-        model = self._new_model(channels).to(self.context.device)
+        # the initial weights come from the training seed alone: torch's RNG for the layers, and
+        # numpy's global RNG, from which FrEIA draws its soft permutations (scipy's
+        # special_ortho_group); the caller's numpy state is restored afterwards
+        torch.manual_seed(training["seed"])
+        numpy_state = np.random.get_state()
+        np.random.seed(training["seed"])
+        try:
+            model = self._new_model(channels).to(self.context.device)
+        finally:
+            np.random.set_state(numpy_state)
         rng = np.random.default_rng(training["seed"])
         optimizers = [torch.optim.Adam(part.parameters(), lr=training["learning_rate"], weight_decay=training["weight_decay"])
                       for part in (model.constraintor, model.flows)]

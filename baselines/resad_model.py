@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nagl.similarity import max_cosine
+
 GAUSSIAN_CONSTANT = -0.9189385332046727  # ln(1 / sqrt(2 pi))
 
 
@@ -52,7 +54,7 @@ def squared_residuals(features: list[torch.Tensor], references: list[torch.Tenso
     for feature, bank in zip(features, references):
         b, c, h, w = feature.shape
         flat = feature.permute(0, 2, 3, 1).reshape(-1, c)
-        nearest = (F.normalize(flat, dim=1) @ F.normalize(bank, dim=1).T).argmax(dim=1)
+        _, nearest = max_cosine(flat, bank)
         matched = bank[nearest].reshape(b, h, w, c).permute(0, 3, 1, 2)
         out.append((feature - matched) ** 2)
     return out
