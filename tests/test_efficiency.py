@@ -120,3 +120,85 @@ def test_an_unknown_key_in_an_efficiency_file_is_one_line_and_exit_2(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert "bad.yaml: unknown key 'batch_size'; did you mean 'batch_sizes'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+class _Batch:
+    def __init__(self, size):
+        self.size = size
+
+    @property
+    def images(self):
+        return None
+
+    def __len__(self):
+        return self.size
+
+
+def test_throughput_is_taken_from_the_median_call_so_one_burst_of_load_does_not_move_it(monkeypatch):
+    import time
+
+    from benchmark.outputs import efficiency
+
+    durations = iter([0.0, 0.01, 0.4, 0.01])  # warm-up, then one call slowed by a burst of load
+    monkeypatch.setattr("benchmark.run.engine.predict_at_original", lambda adapter, batch: time.sleep(next(durations)))
+    images_per_second, call_seconds = efficiency._throughput(None, _Batch(2), __import__("torch").device("cpu"), 1, 0.0)
+    # three calls (the minimum); their mean is 0.14 s, their median one of the 0.01 s calls
+    assert 0.01 <= call_seconds < 0.1 and abs(images_per_second - 2 / call_seconds) < 1e-9
+
+
+def test_a_batch_size_expected_to_exceed_max_batch_seconds_is_not_timed(monkeypatch):
+    import time
+
+    import torch
+
+    from benchmark.outputs import efficiency
+
+    monkeypatch.setattr("benchmark.data.batches.load_batch", lambda rows, preprocessing: _Batch(len(rows)))
+    monkeypatch.setattr("benchmark.run.engine.predict_at_original", lambda adapter, batch: time.sleep(0.01 * len(batch)))
+    queries = __import__("pandas").DataFrame({"path": ["a", "b", "c"]})
+    bench = {"batch_sizes": [2, 4, 32], "warmup": 0, "min_seconds": 0.0, "max_batch_seconds": 0.1}
+    per_batch = efficiency._time_batch_sizes(None, queries, None, torch.device("cpu"), bench)
+    # batch 4 is expected at about 0.04 s a call and is timed; batch 32 at about 0.32 s is not
+    assert sorted(per_batch) == [1, 2, 4]
+    # the later rounds time exactly the sizes the first one did
+    assert sorted(efficiency._time_batch_sizes(None, queries, None, torch.device("cpu"), bench, sizes=[1, 32])) == [1, 32]
+
+
+def test_share_trained_copies_each_checkpoint_once_and_never_replaces_one(tmp_path):
+    from benchmark.outputs.bench_rounds import share_trained
+
+    trained, destination = tmp_path / "bench", tmp_path / "checkpoints"
+    for name, text in (("k1-aaa", "one"), ("k2-bbb", "two")):
+        (trained / name).mkdir(parents=True)
+        (trained / name / "model.pt").write_text(text)
+        (trained / name / "training_state.pt").write_text("state")
+    (destination / "k2-bbb").mkdir(parents=True)
+    (destination / "k2-bbb" / "model.pt").write_text("already here")
+    assert share_trained(trained, destination) == [destination / "k1-aaa" / "model.pt"]
+    assert (destination / "k1-aaa" / "model.pt").read_text() == "one"
+    assert not (destination / "k1-aaa" / "training_state.pt").exists()
+    assert (destination / "k2-bbb" / "model.pt").read_text() == "already here"
+
+
+def test_a_grid_loads_the_checkpoint_the_bench_trained_instead_of_training_again(tmp_path, synthetic_root):
+    from tests.conftest import write_experiment
+
+    nagl = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
+            "config": {"backbone": "lite0_imagenet", "input_size": 64, "proxies": 4,
+                       "training": {"epochs": 1, "episodes_per_epoch": 4, "batch_size": 4, "learning_rate": 1e-3,
+                                    "milestones": [1]}}}
+    data = yaml.safe_load(_bench_file(tmp_path, synthetic_root).read_text())
+    data.update(rounds=1, batch_sizes=[1], min_seconds=0.0, reference="nagl_tiny", methods=[{"method": nagl}])
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(data))
+    results = tmp_path / "results"
+    assert main(["bench", "-e", str(tmp_path / "bench.yaml"), "--results", str(results), "--device", "cpu",
+                 "--checkpoints", str(results / "checkpoints")]) == 0
+    row = json.loads((results / "efficiency" / "efficiency_tiny" / "cpu" / "nagl_tiny.json").read_text())
+    assert row["training_seconds"] > 0  # the bench trained it, from scratch, and timed it
+    (shared,) = (results / "checkpoints" / "nagl_tiny" / "tiny_objects").glob("*/model.pt")
+    experiment = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=[nagl], settings=["N1+A1"], seeds=[0],
+                                  pairs=[["tiny_objects", "tiny_textures"]])
+    assert main(["run", "-e", str(experiment), "--results", str(results), "--no-progress"]) == 0
+    (cell,) = [json.loads(p.read_text()) for p in (results / "runs").rglob("*.json")]
+    assert cell["status"] == "done" and cell["checkpoint"] == str(shared)
+    assert not (shared.parent / "training_state.pt").exists()  # loaded, not trained again

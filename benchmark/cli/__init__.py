@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--weights-dir", help="local weights folder (default: $GADBENCH_WEIGHTS, else ./weights)")
     bench.add_argument("--method", action="append", help="measure only this method (repeatable)")
     bench.add_argument("--force", action="store_true", help="measure again what was measured on this device")
+    bench.add_argument("--checkpoints", help="copy the checkpoints the bench trains (methods without config overrides) into "
+                                             "this folder, where `gadbench run` finds them (e.g. results/checkpoints)")
     bench.set_defaults(func=cmd_bench)
 
     report = sub.add_parser("report", help="results/report.md: tables, qualitative grid, ROC curves, per-category bars")

@@ -84,7 +84,8 @@ def cmd_bench(args) -> int:
     from benchmark.run.runner import pick_device
 
     bench = load_bench(args.experiment, args.data_root)
-    run_bench(bench, Path(args.results), pick_device(args.device), args.weights_dir, args.force, args.method)
+    run_bench(bench, Path(args.results), pick_device(args.device), args.weights_dir, args.force, args.method,
+              share_checkpoints=Path(args.checkpoints) if args.checkpoints else None)
     written = write_efficiency_tables(Path(args.results), bench["name"])
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0

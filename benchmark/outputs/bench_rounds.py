@@ -9,10 +9,17 @@ over rounds and its spread ((max - min) / median), marked noisy above NOISY_SPRE
 over rounds of its throughput divided by the reference method's in the same round: a ratio
 measured side by side, which is what carries to another machine. Peak memory is the largest over
 rounds. When any method must be measured, the reference method is measured again with it.
+
+With `share_checkpoints` (`gadbench bench --checkpoints results/checkpoints`), the checkpoints
+the first round trained for methods measured with their own config (no overrides) are copied
+where `gadbench run` looks for them (<checkpoints>/<method>/<source>/): a checkpoint is found by
+the hash of everything that shapes it, so a grid that needs the same model loads it instead of
+training it again. ./run_all.sh runs the bench first for this reason.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark.atomic import atomic_file
 from benchmark.config import config_hash
 from benchmark.errors import GadbenchError
 from benchmark.outputs.efficiency import BENCH_VERSION, device_name, device_slug, measure
@@ -65,8 +73,22 @@ def _measure_in_fresh_process(bench, entry, device, weights_dir, workdir, sizes)
     return row
 
 
+def share_trained(trained: Path, destination: Path) -> list[Path]:
+    """Copy each checkpoint (<identity folder>/model.pt) under `trained` to the same identity folder
+    under `destination`, atomically; one already there is never replaced. Returns the copies."""
+    copied = []
+    for model in sorted(Path(trained).glob("*/model.pt")):
+        target = Path(destination) / model.parent.name / "model.pt"
+        if not target.exists():
+            with atomic_file(target) as temporary:
+                shutil.copyfile(model, temporary)
+            copied.append(target)
+    return copied
+
+
 def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir: str | None = None,
-              force: bool = False, only: list[str] | None = None, echo=print) -> list[dict]:
+              force: bool = False, only: list[str] | None = None, echo=print,
+              share_checkpoints: Path | None = None) -> list[dict]:
     """Measure what is not measured yet for this device (a row is redone when its key changes)."""
     from benchmark.run.experiment import load_method
 
@@ -83,7 +105,7 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
     todo = [e for e in wanted if force or not existing[e[2]] or existing[e[2]].get("key") != keys[e[2]]]
     if todo and reference not in {method for _, _, method in todo}:  # ratios are only measured side by side
         todo = [e for e in entries if e[2] == reference] + todo
-    measured = _rounds(bench, todo, device, weights_dir, name, echo) if todo else {}
+    measured = _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints) if todo else {}
     rows = []
     for order, entry, method in wanted + [e for e in todo if e not in wanted]:
         if method in measured:
@@ -103,7 +125,7 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
     return rows
 
 
-def _rounds(bench, todo, device, weights_dir, name, echo) -> dict[str, list[dict]]:
+def _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints=None) -> dict[str, list[dict]]:
     """{method: [its row of each round]}: A B C, A B C, ... in fresh processes; a method skipped
     (missing weights) in the first round is not measured again."""
     measured = {method: [] for _, _, method in todo}
@@ -115,7 +137,12 @@ def _rounds(bench, todo, device, weights_dir, name, echo) -> dict[str, list[dict
                     continue
                 echo(f"{method}: round {round_index + 1}/{bench['rounds']} on {name} ...")
                 sizes = list(previous[0]["per_batch"]) if previous else None
-                measured[method].append(_measure_in_fresh_process(bench, entry, device, weights_dir, Path(work) / method, sizes))
+                row = _measure_in_fresh_process(bench, entry, device, weights_dir, Path(work) / method, sizes)
+                if (share_checkpoints is not None and round_index == 0 and row["status"] == "done"
+                        and not entry.get("config") and not entry.get("random_weights")):
+                    for copy in share_trained(Path(work) / method, Path(share_checkpoints) / method / bench["source"]):
+                        echo(f"  shared its checkpoint: {copy}")
+                measured[method].append(row)
     return measured
 
 

@@ -13,9 +13,12 @@ What is timed, per method:
   - inference: predict() on already decoded, preprocessed query images of the target category with
     the references set once: the backbone (the feature cache is off), the method's head and the
     map post-processing; image decoding and metrics are not timed. After `warmup` calls, calls are
-    repeated for at least `min_seconds` (and twice); CUDA is synchronised around the clock. At
-    batch 1 and at every batch size of `batch_sizes` until one call takes `max_batch_seconds`;
-    the best is reported with its batch size;
+    repeated for at least `min_seconds` (and at least three times), each timed on its own (CUDA
+    synchronised around it); throughput = batch size / the MEDIAN call, so that a burst of load
+    from elsewhere on a shared machine moves a few calls, not the figure. At batch 1 and at every
+    batch size of `batch_sizes` while a call is expected to take at most `max_batch_seconds`
+    (expected: the last measured call's time per image x the batch size); the best is reported
+    with its batch size;
   - peak memory during the timed inference: CUDA max allocated on a GPU, the process's peak
     resident set (sampled every 5 ms) on the CPU. The two are different quantities and are never
     put in one column: every device gets a table of its own.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -37,7 +41,7 @@ from benchmark.errors import MissingWeights
 BENCH_KEYS = {"name", "description", "data_root", "datasets", "source", "target", "category", "settings", "batch_sizes",
               "warmup", "min_seconds", "max_batch_seconds", "methods", "rounds", "reference"}
 METHOD_ENTRY_KEYS = {"method", "config", "random_weights", "label"}
-BENCH_VERSION = 2  # in every row's key: bump when what is timed changes
+BENCH_VERSION = 3  # in every row's key: bump when what is timed changes (3: median call)
 
 
 def load_bench(path: str | Path, data_root: str | None = None) -> dict:
@@ -102,21 +106,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MIN_TIMED_CALLS = 3
+
+
 def _throughput(adapter, batch, device, warmup: int, min_seconds: float) -> tuple[float, float]:
-    """(images per second, seconds of one call) for one batch size: the method's prediction and the
-    harness's map post-processing, as a run scores a batch."""
+    """(images per second, seconds of the median call) for one batch size: the method's prediction
+    and the harness's map post-processing, as a run scores a batch."""
     from benchmark.run.engine import predict_at_original
 
     for _ in range(warmup):
         predict_at_original(adapter, batch)
     _sync(device)
-    calls, start = 0, time.perf_counter()
-    while calls < 2 or time.perf_counter() - start < min_seconds:
+    calls, start = [], time.perf_counter()
+    while len(calls) < MIN_TIMED_CALLS or time.perf_counter() - start < min_seconds:
+        began = time.perf_counter()
         predict_at_original(adapter, batch)
         _sync(device)
-        calls += 1
-    elapsed = time.perf_counter() - start
-    return len(batch) * calls / elapsed, elapsed / calls
+        calls.append(time.perf_counter() - began)
+    median = statistics.median(calls)
+    return len(batch) / median, median
 
 
 def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str,
@@ -193,12 +201,15 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
 
 def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, bench: dict,
                       sizes: list[int] | None = None) -> dict[int, dict]:
-    """Throughput and peak memory at batch 1 and each bench batch size, until one call is too slow
-    (or at exactly `sizes`: the later rounds time what the first one did)."""
+    """Throughput and peak memory at batch 1 and each bench batch size while a call is expected to
+    take at most max_batch_seconds (or at exactly `sizes`: the later rounds time what the first
+    one did)."""
     from benchmark.data.batches import load_batch
 
-    per_batch = {}
+    per_batch, seconds_per_image = {}, 0.0
     for size in sizes or sorted(set(bench["batch_sizes"]) | {1}):
+        if sizes is None and seconds_per_image * size > bench["max_batch_seconds"]:
+            break  # expected to take longer than max_batch_seconds a call: larger sizes are not timed
         batch = load_batch(queries.iloc[[i % len(queries) for i in range(size)]], preprocessing)
         batch.images  # decode now: decoding is not part of the timed call
         if device.type == "cuda":
@@ -208,6 +219,5 @@ def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, ben
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
         per_batch[size] = {"images_per_second": images_per_second, "seconds_per_call": call_seconds,
                            "peak_memory_mib": peak / 2**20}
-        if sizes is None and call_seconds > bench["max_batch_seconds"]:
-            break
+        seconds_per_image = call_seconds / size
     return per_batch
