@@ -28,6 +28,8 @@ def load_clip(model_name: str, weight: WeightFile | None, store: WeightStore, mo
     """An open_clip model in eval mode and the sha256 of its weights (RANDOM when weight is None)."""
     import open_clip
 
+    if weight is not None:  # a missing file is one line before seconds of random initialisation
+        store.resolve(weight)
     register_model_config(model_config)
     with fixed_random_init():
         model = open_clip.create_model(model_name, pretrained=None)

@@ -93,8 +93,8 @@ def write_efficiency_tables(results_root: Path, name: str, echo=print, rendered:
             lines.append([label] + [_cell(record[c], c) for c, _ in COLUMNS[1:]])
         rounds = group["rounds"].dropna()
         reference = group["reference"].dropna()
-        conditions = (f"{name}, {precision}, {int(threads)} torch threads; memory: {memory_kind}; throughput after warm-up,"
-                      f" image decoding and metrics excluded, median over {int(rounds.max()) if len(rounds) else 1} interleaved"
+        conditions = (f"{name}, {precision}, {int(threads)} torch threads; memory: {memory_kind}; throughput = batch / median"
+                      f" call after warm-up, image decoding and metrics excluded, median over {int(rounds.max()) if len(rounds) else 1} interleaved"
                       f" rounds (spread: (max - min) / median)"
                       + (f"; x ref: throughput / {reference.iloc[0]}'s in the same round, median" if len(reference) else ""))
         notes = list(dict.fromkeys(notes))

@@ -5,8 +5,9 @@ scratch, into a temporary results folder with an empty feature cache, and times 
 (reference manifests, data, features, scoring, metrics, cell files); (2) times decoding,
 preprocessing and one backbone pass, in batches, over exactly the unique (backbone, preprocessing,
 image) triples that run needed (the feature-cache misses it recorded); prints both and their ratio
-(target: at most 1.5). A second run of the grid on the warm cache is timed too: it must report only
-cache hits. Run:
+(target: at most 1.2). A second run of the grid on the warm cache, into a new results folder, is
+timed too: it must report only cache hits, and its ratio to the backbone pass is what a rerun
+costs beyond the backbone (target: at most 0.15). Run:
 
     .venv/bin/python tools/timing/grid_cost.py [-e configs/experiments/mini.yaml]
 """
@@ -108,9 +109,10 @@ def main() -> None:
           f"{torch.get_num_threads()} torch threads on {runner.device}")
     print(f"one backbone pass over the {images} unique (backbone, preprocessing, image) triples: {pass_seconds:7.1f} s")
     print(f"full grid, cold feature cache:                                  {cold_seconds:7.1f} s")
-    print(f"ratio grid / one pass:                                          {cold_seconds / pass_seconds:7.2f}  (target <= 1.5)")
+    print(f"ratio grid / one pass:                                          {cold_seconds / pass_seconds:7.2f}  (target <= 1.2)")
     print(f"same grid again into a new results folder, warm feature cache:  {warm_seconds:7.1f} s "
           f"({hits} cache hits, {misses} misses)")
+    print(f"ratio warm grid / one pass:                                     {warm_seconds / pass_seconds:7.2f}  (target <= 0.15)")
 
 
 if __name__ == "__main__":
