@@ -23,8 +23,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from nagl.similarity import row_chunk
-
 
 def concat_embedding(levels: list[torch.Tensor], neighbourhood: int) -> torch.Tensor:
     """anomalib: average each level over a neighbourhood window (zero padding counts), upsample
@@ -104,12 +102,10 @@ def kcenter_greedy(bank: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2 distances [N, k] to the k nearest bank rows, ascending, and their indices (in chunks of
-    queries that stay in cache: nagl.similarity.row_chunk)."""
-    step = row_chunk(len(queries), len(bank), queries.device)
-    parts = [torch.cdist(queries[start:start + step], bank).topk(min(k, len(bank)), dim=1, largest=False)
-             for start in range(0, len(queries), step)]
-    return torch.cat([part.values for part in parts]), torch.cat([part.indices for part in parts])
+    """L2 distances [N, k] to the k nearest bank rows, ascending, and their indices."""
+    distances = torch.cdist(queries, bank)
+    values, indices = distances.topk(min(k, len(bank)), dim=1, largest=False)
+    return values, indices
 
 
 def reweighted_image_scores(patch_scores: torch.Tensor, nearest_index: torch.Tensor, embedding: torch.Tensor,

@@ -14,22 +14,29 @@ def flatten_patches(features: torch.Tensor) -> torch.Tensor:
 
 
 def row_chunk(rows: int, columns: int, device: torch.device) -> int:
-    """How many rows of a [rows, columns] similarity or distance matrix to compute at once. On the
-    CPU about 2 MB: a chunk that stays in cache is reduced (max, argmax, top-k) several times
-    faster than a whole matrix written to memory and read back, and every row's values are the
-    same either way. On a GPU up to 2^28 values at once. Never fewer than 32 rows, so that
-    torch.cdist takes its matrix-product path whenever the whole matrix would."""
-    budget = (1 << 28) if device.type == "cuda" else (1 << 19)
+    """How many rows of a [rows, columns] similarity matrix to compute at once: on the CPU about
+    4 MB (2^20 values), a block that stays in cache; on a GPU up to 2^28 values."""
+    budget = (1 << 28) if device.type == "cuda" else (1 << 20)
     return min(rows, max(32, budget // max(1, columns)))
 
 
 def max_cosine(rows: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For each of rows [N, C]: the largest cosine to a row of bank [M, C], and that row's index
-    (the first one on ties)."""
-    unit_bank = F.normalize(bank, dim=-1).T
+    (the first one on ties). The same values and indices as one [N, M] product and its max, about
+    twice as fast on a CPU for ResAD's first level (25,088 x 12,544 x 24: 0.43 s instead of
+    0.93 s, tools/timing/nearest_neighbour.py): the product is taken block by block into one
+    reused buffer, so the matrix is never written to memory and read back, and no block is a
+    fresh allocation (fresh pages cost as much as the arithmetic at 24 channels)."""
+    unit_rows, unit_bank = F.normalize(rows, dim=-1), F.normalize(bank, dim=-1).T
     step = row_chunk(len(rows), len(bank), rows.device)
-    parts = [(F.normalize(rows[start:start + step], dim=-1) @ unit_bank).max(dim=-1) for start in range(0, len(rows), step)]
-    return torch.cat([part.values for part in parts]), torch.cat([part.indices for part in parts])
+    block = rows.new_empty(step, len(bank))
+    values = rows.new_empty(len(rows))
+    indices = torch.empty(len(rows), dtype=torch.long, device=rows.device)
+    for start in range(0, len(rows), step):
+        chunk = unit_rows[start:start + step]
+        similarity = torch.mm(chunk, unit_bank, out=block[:len(chunk)])
+        torch.max(similarity, dim=1, out=(values[start:start + step], indices[start:start + step]))
+    return values, indices
 
 
 def normal_similarity(query: torch.Tensor, normal_refs: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,19 @@ def test_normal_similarity_matches_a_brute_force_maximum():
     assert torch.allclose(normal_similarity(query, refs), (1 + cosine.amax(-1)) / 2, atol=1e-6)
 
 
+def test_max_cosine_over_blocks_matches_one_brute_force_product_with_ties_to_the_first_index():
+    from nagl.similarity import max_cosine, row_chunk
+
+    rows, bank = torch.randn(150, 6), torch.randn(40_000, 6)
+    bank[7_000] = bank[3_000]  # an exact tie: the first index wins, as torch's max over one product
+    rows[5] = bank[3_000] * 2
+    assert row_chunk(len(rows), len(bank), rows.device) < len(rows)  # several blocks, the last one partial
+    values, indices = max_cosine(rows, bank)
+    cosine = torch.nn.functional.cosine_similarity(rows[:, None, :], bank[None], dim=-1)
+    assert torch.allclose(values, cosine.amax(-1), atol=1e-6)
+    assert torch.equal(indices, cosine.argmax(-1)) and indices[5] == 3_000
+
+
 def test_top_one_percent_picks_10_of_1024_patches():
     scores = torch.zeros(1, 1024)
     scores[0, :10] = 1.0

@@ -116,3 +116,17 @@ def test_random_weights_do_not_depend_on_what_ran_before():
     torch.manual_seed(3)
     build_backbone("lite0_imagenet", WeightStore(), 64, allow_random=True)
     assert torch.equal(torch.rand(1), expected)
+
+
+def test_a_missing_clip_weights_file_is_reported_before_the_model_is_built(tmp_path, monkeypatch):
+    import open_clip
+
+    from baselines.clip_models import load_clip
+
+    def build(*args, **kwargs):  # seconds of random initialisation for ViT-B-16+, in every skipped cell
+        raise AssertionError("the model was built before the weights file was looked for")
+
+    monkeypatch.setattr(open_clip, "create_model", build)
+    weight = WeightFile.from_config("inctrl_clip", {"file": "absent.pt", "url": "https://example.org/absent.pt"})
+    with pytest.raises(MissingWeights, match="absent.pt"):
+        load_clip("ViT-B-16-plus-240", weight, WeightStore(tmp_path))
