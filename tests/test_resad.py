@@ -100,3 +100,17 @@ def test_the_config_hash_changes_when_a_training_key_changes(trained):
     _, checkpoint, domain, tmp = trained
     other = adapter(tmp, training={**TINY["training"], "epochs": 1, "margin": 0.5})
     assert other.fit_source(domain, 0, tmp / "ckpt", setting=parse_setting("N1")) != checkpoint
+
+
+def test_two_trainings_after_different_global_numpy_states_give_identical_weights(tmp_path, synthetic_root):
+    """FrEIA draws its soft permutations from numpy's global RNG, which other cells and seeds move:
+    the training seed alone must decide the weights (trainer version 4)."""
+    domain = Domain("objects", read_mvtec(synthetic_root / "objects"))
+    weights = []
+    for index, global_seed in enumerate((1, 2)):
+        np.random.seed(global_seed)
+        model = adapter(tmp_path / str(index), training={**TINY["training"], "epochs": 1})
+        checkpoint = model.fit_source(domain, 0, tmp_path / str(index) / "ckpt", setting=parse_setting("N1"))
+        weights.append(torch.load(checkpoint, weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
