@@ -26,7 +26,8 @@ def max_cosine(rows: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, to
     twice as fast on a CPU for ResAD's first level (25,088 x 12,544 x 24: 0.43 s instead of
     0.93 s, tools/timing/nearest_neighbour.py): the product is taken block by block into one
     reused buffer, so the matrix is never written to memory and read back, and no block is a
-    fresh allocation (fresh pages cost as much as the arithmetic at 24 channels)."""
+    fresh allocation (fresh pages cost as much as the arithmetic at 24 channels). For frozen
+    features: products written into a buffer record no gradient (torch refuses inputs that need one)."""
     unit_rows, unit_bank = F.normalize(rows, dim=-1), F.normalize(bank, dim=-1).T
     step = row_chunk(len(rows), len(bank), rows.device)
     block = rows.new_empty(step, len(bank))

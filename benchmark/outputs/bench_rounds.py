@@ -2,13 +2,14 @@
 falls on all methods alike.
 
 Round r measures method A, then B, then C ..., each in a fresh process (benchmark/outputs/
-efficiency.py:measure, forked from a server that has only imported the libraries); `rounds` such rounds run one after the other (A B C A B C ...). The first
-round trains the methods that train (timed) and fixes the batch sizes; later rounds load its
-checkpoints and time the same batch sizes. A row reports, per batch size, the median throughput
-over rounds and its spread ((max - min) / median), marked noisy above NOISY_SPREAD, and the median
-over rounds of its throughput divided by the reference method's in the same round: a ratio
-measured side by side, which is what carries to another machine. Peak memory is the largest over
-rounds. When any method must be measured, the reference method is measured again with it.
+efficiency.py:measure, forked from a server that has only imported the libraries); `rounds` such
+rounds run one after the other (A B C A B C ...). The first round trains the methods that train
+(timed) and fixes the batch sizes; later rounds load its checkpoints and time the same batch sizes.
+A row reports, per batch size, the median throughput over rounds and its spread ((max - min) /
+median), marked noisy above NOISY_SPREAD, and the median over rounds of its throughput divided by
+the reference method's in the same round: a ratio measured side by side, which is what carries to
+another machine. Peak memory is the largest over rounds. When any method must be measured, the
+reference method is measured again with it.
 
 With `share_checkpoints` (`gadbench bench --checkpoints results/checkpoints`), the checkpoints
 the first round trained for methods measured with their own config (no overrides) are copied
