@@ -15,9 +15,9 @@ def flatten_patches(features: torch.Tensor) -> torch.Tensor:
 
 def row_chunk(rows: int, columns: int, device: torch.device) -> int:
     """How many rows of a [rows, columns] similarity matrix to compute at once: on the CPU about
-    4 MB (2^20 values), a block that stays in cache; on a GPU up to 2^28 values."""
+    4 MB (2^20 values), a block that stays in cache; on a GPU up to 2^28 values. At least one row."""
     budget = (1 << 28) if device.type == "cuda" else (1 << 20)
-    return min(rows, max(32, budget // max(1, columns)))
+    return min(rows, max(1, budget // max(1, columns)))
 
 
 def max_cosine(rows: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,16 @@
 """gadbench bench: the efficiency table measures real figures and never mixes devices in a column."""
 
 import json
+import statistics
+import time
 
+import pandas as pd
+import torch
 import yaml
 
 from benchmark.cli import main
+from benchmark.outputs import efficiency
+from benchmark.outputs.bench_rounds import share_trained
 from benchmark.features.backbones import build_backbone
 from benchmark.features.weights import WeightStore
 
@@ -43,8 +49,6 @@ def test_bench_measures_a_method_and_writes_the_table_with_its_conditions(tmp_pa
 
 
 def test_bench_interleaves_rounds_and_reports_medians_spreads_and_side_by_side_ratios(tmp_path, synthetic_root, capsys):
-    import statistics
-
     data = yaml.safe_load(_bench_file(tmp_path, synthetic_root).read_text())
     small = {"method": {"name": "nn_small", "adapter": "normal_nn", "label": "NN small",
                         "config": {"backbone": "lite0_imagenet", "input_size": 32}}}
@@ -135,27 +139,17 @@ class _Batch:
 
 
 def test_throughput_is_taken_from_the_median_call_so_one_burst_of_load_does_not_move_it(monkeypatch):
-    import time
-
-    from benchmark.outputs import efficiency
-
     durations = iter([0.0, 0.01, 0.4, 0.01])  # warm-up, then one call slowed by a burst of load
     monkeypatch.setattr("benchmark.run.engine.predict_at_original", lambda adapter, batch: time.sleep(next(durations)))
-    images_per_second, call_seconds = efficiency._throughput(None, _Batch(2), __import__("torch").device("cpu"), 1, 0.0)
+    images_per_second, call_seconds = efficiency._throughput(None, _Batch(2), torch.device("cpu"), 1, 0.0)
     # three calls (the minimum); their mean is 0.14 s, their median one of the 0.01 s calls
     assert 0.01 <= call_seconds < 0.1 and abs(images_per_second - 2 / call_seconds) < 1e-9
 
 
 def test_a_batch_size_expected_to_exceed_max_batch_seconds_is_not_timed(monkeypatch):
-    import time
-
-    import torch
-
-    from benchmark.outputs import efficiency
-
     monkeypatch.setattr("benchmark.data.batches.load_batch", lambda rows, preprocessing: _Batch(len(rows)))
     monkeypatch.setattr("benchmark.run.engine.predict_at_original", lambda adapter, batch: time.sleep(0.01 * len(batch)))
-    queries = __import__("pandas").DataFrame({"path": ["a", "b", "c"]})
+    queries = pd.DataFrame({"path": ["a", "b", "c"]})
     bench = {"batch_sizes": [2, 4, 32], "warmup": 0, "min_seconds": 0.0, "max_batch_seconds": 0.1}
     per_batch = efficiency._time_batch_sizes(None, queries, None, torch.device("cpu"), bench)
     # batch 4 is expected at about 0.04 s a call and is timed; batch 32 at about 0.32 s is not
@@ -165,8 +159,6 @@ def test_a_batch_size_expected_to_exceed_max_batch_seconds_is_not_timed(monkeypa
 
 
 def test_share_trained_copies_each_checkpoint_once_and_never_replaces_one(tmp_path):
-    from benchmark.outputs.bench_rounds import share_trained
-
     trained, destination = tmp_path / "bench", tmp_path / "checkpoints"
     for name, text in (("k1-aaa", "one"), ("k2-bbb", "two")):
         (trained / name).mkdir(parents=True)
@@ -181,7 +173,7 @@ def test_share_trained_copies_each_checkpoint_once_and_never_replaces_one(tmp_pa
 
 
 def test_a_grid_loads_the_checkpoint_the_bench_trained_instead_of_training_again(tmp_path, synthetic_root):
-    from tests.conftest import write_experiment
+    from conftest import write_experiment
 
     nagl = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
             "config": {"backbone": "lite0_imagenet", "input_size": 64, "proxies": 4,
