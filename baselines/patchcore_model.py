@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from nagl.similarity import row_chunk
+
 
 def concat_embedding(levels: list[torch.Tensor], neighbourhood: int) -> torch.Tensor:
     """anomalib: average each level over a neighbourhood window (zero padding counts), upsample
@@ -102,10 +104,26 @@ def kcenter_greedy(bank: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2 distances [N, k] to the k nearest bank rows, ascending, and their indices."""
-    distances = torch.cdist(queries, bank)
-    values, indices = distances.topk(min(k, len(bank)), dim=1, largest=False)
-    return values, indices
+    """L2 distances [N, k] to the k nearest bank rows, ascending, and their indices (the first
+    on ties when k = 1). As torch.cdist computes them for more than 25 rows and faiss's
+    IndexFlatL2 does, from ||b||^2 - 2 q.b (+ ||q||^2, added after the search: it moves a row,
+    not its order) and clamped at 0 before the root; but block by block into one reused buffer,
+    so the [N, M] matrix is never written whole (tools/timing/nearest_neighbour.py)."""
+    k = min(k, len(bank))
+    step = row_chunk(len(queries), len(bank), queries.device)
+    bank_norms, block = bank.pow(2).sum(dim=1), queries.new_empty(step, len(bank))
+    values = queries.new_empty(len(queries), k)
+    indices = torch.empty(len(queries), k, dtype=torch.long, device=queries.device)
+    for start in range(0, len(queries), step):
+        chunk = queries[start:start + step]
+        partial = torch.addmm(bank_norms, chunk, bank.T, alpha=-2, out=block[:len(chunk)])
+        out = (values[start:start + step], indices[start:start + step])
+        if k == 1:
+            torch.min(partial, dim=1, keepdim=True, out=out)
+        else:
+            torch.topk(partial, k, dim=1, largest=False, out=out)
+    values += queries.pow(2).sum(dim=1, keepdim=True)
+    return values.clamp_min_(0).sqrt_(), indices
 
 
 def reweighted_image_scores(patch_scores: torch.Tensor, nearest_index: torch.Tensor, embedding: torch.Tensor,

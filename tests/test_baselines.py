@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from baselines.patchcore import PatchCoreAdapter
-from baselines.patchcore_model import concat_embedding, coreset_size
+from baselines.patchcore_model import concat_embedding, coreset_size, nearest_distances
 from baselines.winclip import WinCLIPAdapter
 from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
 from benchmark.cli import main
@@ -51,6 +51,24 @@ def test_patchcore_bank_equals_reference_patches_and_coreset_is_a_subset(patchco
     assert coreset_size(784, 0.1) == 78 and coreset_size(5, 0.1) == 1  # int(n * ratio) as the code, never empty
     rows = {tuple(r.tolist()) for r in patchcore.patch_bank}
     assert all(tuple(r.tolist()) in rows for r in patchcore.memory_bank)  # a subset of real patches
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_patchcore_nearest_distances_over_blocks_match_brute_force_distances_in_float64(k):
+    from nagl.similarity import row_chunk
+
+    generator = torch.Generator().manual_seed(k)
+    queries, bank = torch.randn(900, 16, generator=generator), torch.randn(3_000, 16, generator=generator)
+    bank[2_500] = bank[1_200]  # an exact tie: with k = 1 the first index wins
+    queries[4] = bank[1_200] + 0.05  # nearer than 0.05 the expanded formula loses digits, as cdist and faiss do
+    assert row_chunk(len(queries), len(bank), queries.device) < len(queries)  # several blocks, the last one partial
+    distances, indices = nearest_distances(queries, bank, k)
+    exact = torch.linalg.vector_norm(queries.double()[:, None] - bank.double()[None], dim=-1)
+    want = exact.sort(dim=1)
+    torch.testing.assert_close(distances.double(), want.values[:, :k], atol=2e-5, rtol=0)
+    assert torch.equal(exact.gather(1, indices), want.values[:, :k])  # every index is one of the k nearest
+    if k == 1:
+        assert torch.equal(indices[:, 0], exact.argmin(dim=1)) and indices[4, 0] == 1_200
 
 
 def test_patchcore_neighbourhood_average_then_upsample_then_concatenate():
