@@ -4,13 +4,12 @@ import json
 import statistics
 import time
 
-import pandas as pd
-import torch
+import pytest
 import yaml
 
 from benchmark.cli import main
 from benchmark.outputs import efficiency
-from benchmark.outputs.bench_rounds import share_trained
+from benchmark.outputs.bench_rounds import round_row, share_trained, time_in_bursts
 from benchmark.features.backbones import build_backbone
 from benchmark.features.weights import WeightStore
 
@@ -66,8 +65,17 @@ def test_bench_interleaves_rounds_and_reports_medians_spreads_and_side_by_side_r
     spread = (max(per_round["other"]) - min(per_round["other"])) / statistics.median(per_round["other"])
     assert other["throughput_batch1_spread"] == spread and other["noisy"] == (spread > 0.2)
     assert reference["ratio_batch1"] == 1.0 and other["reference"] == "nn_tiny"
-    ratios = [a / b for a, b in zip(per_round["other"], per_round["ref"])]
-    assert other["ratio_batch1"] == statistics.median(ratios)
+    # within a round the two processes' bursts alternate in time (A B, B A, ...), and each burst's
+    # ratio is the reference's median call over the method's in the same cycle
+    for round_index in range(2):
+        own, ref = (r["per_batch"]["1"]["bursts_per_round"][round_index] for r in (other, reference))
+        assert len(own) == len(ref) == 5
+        starts = sorted([(b["began"], "own") for b in own] + [(b["began"], "ref") for b in ref])
+        assert [who for _, who in starts] == ["ref", "own", "own", "ref", "ref", "own", "own", "ref", "ref", "own"]
+        ratios = [r["median"] / o["median"] for o, r in zip(own, ref)]
+        assert other["burst_ratios_per_round"][round_index] == pytest.approx(ratios)
+        assert other["ratio_batch1_per_round"][round_index] == pytest.approx(statistics.median(ratios))
+    assert other["ratio_batch1"] == statistics.median(other["ratio_batch1_per_round"])
     csv = (results / "tables" / "efficiency_tiny" / "efficiency.csv").read_text()
     assert "ratio_batch1" in csv and "throughput_batch1_spread" in csv
     # measuring one method again measures the reference beside it: ratios stay side by side
@@ -126,36 +134,48 @@ def test_an_unknown_key_in_an_efficiency_file_is_one_line_and_exit_2(tmp_path, c
     assert not (tmp_path / "r").exists()
 
 
-class _Batch:
-    def __init__(self, size):
-        self.size = size
-
-    @property
-    def images(self):
-        return None
-
-    def __len__(self):
-        return self.size
-
-
-def test_throughput_is_taken_from_the_median_call_so_one_burst_of_load_does_not_move_it(monkeypatch):
+def test_throughput_is_taken_from_the_median_call_so_one_burst_of_load_does_not_move_it():
     durations = iter([0.0, 0.01, 0.4, 0.01])  # warm-up, then one call slowed by a burst of load
-    monkeypatch.setattr("benchmark.run.engine.predict_at_original", lambda adapter, batch: time.sleep(next(durations)))
-    images_per_second, call_seconds = efficiency._throughput(None, _Batch(2), torch.device("cpu"), 1, 0.0)
-    # three calls (the minimum); their mean is 0.14 s, their median one of the 0.01 s calls
-    assert 0.01 <= call_seconds < 0.1 and abs(images_per_second - 2 / call_seconds) < 1e-9
+    calls = efficiency.timed_calls(lambda: time.sleep(next(durations)), warmup=1, min_calls=3, min_seconds=0.0)
+    assert len(calls) == 3 and calls[1] >= 0.4
+    row = round_row({2: {"calls": calls, "bursts": [], "peak_memory_mib": 1.0}}, None)
+    # the mean call is 0.14 s; the median is one of the 0.01 s calls
+    call_seconds = row["per_batch"][2]["seconds_per_call"]
+    assert 0.01 <= call_seconds < 0.1 and abs(row["per_batch"][2]["images_per_second"] - 2 / call_seconds) < 1e-12
 
 
-def test_a_batch_size_expected_to_exceed_max_batch_seconds_is_not_timed(monkeypatch):
-    monkeypatch.setattr("benchmark.data.batches.load_batch", lambda rows, preprocessing: _Batch(len(rows)))
-    monkeypatch.setattr("benchmark.run.engine.predict_at_original", lambda adapter, batch: time.sleep(0.01 * len(batch)))
-    queries = pd.DataFrame({"path": ["a", "b", "c"]})
-    bench = {"batch_sizes": [2, 4, 32], "warmup": 0, "min_seconds": 0.0, "max_batch_seconds": 0.1}
-    per_batch = efficiency._time_batch_sizes(None, queries, None, torch.device("cpu"), bench)
-    # batch 4 is expected at about 0.04 s a call and is timed; batch 32 at about 0.32 s is not
-    assert sorted(per_batch) == [1, 2, 4]
+def _fake_methods(per_image: dict, loads: list[float], log: list):
+    """Burst functions whose calls take per_image[method] x size x the machine's load, the load
+    changing after every burst cycle (one burst of each method)."""
+    def burst(method):
+        def run(size, warmup, min_calls, min_seconds):
+            load = loads[len(log) // len(per_image) % len(loads)]
+            log.append((method, size, warmup))
+            return {"began": float(len(log)), "calls": [per_image[method] * size * load] * min_calls, "peak_memory_mib": 1.0}
+        return run
+    return {method: burst(method) for method in per_image}
+
+
+def test_bursts_alternate_between_methods_and_ratios_are_taken_burst_by_burst():
+    log, loads = [], [1.0, 3.0, 1.5, 6.0]  # the machine's load changes 6-fold from cycle to cycle
+    bench = {"bursts": 4, "min_seconds": 1.0, "warmup": 2, "batch_sizes": [1], "max_batch_seconds": 10.0}
+    timings = time_in_bursts(bench, _fake_methods({"ref": 0.01, "other": 0.04}, loads, log))
+    assert [m for m, _, _ in log] == ["ref", "other", "other", "ref", "ref", "other", "other", "ref"]
+    assert [w for _, _, w in log] == [2, 2, 0, 0, 0, 0, 0, 0]  # warm-up before each method's first burst only
+    row = round_row(timings["other"], timings["ref"])
+    assert row["burst_ratios"] == pytest.approx([0.25] * 4) and row["ratio_batch1"] == pytest.approx(0.25)
+    # the absolute figure moves with the load; the side-by-side ratio does not
+    assert max(b["median"] for b in timings["ref"][1]["bursts"]) == pytest.approx(6 * min(b["median"] for b in timings["ref"][1]["bursts"]))
+
+
+def test_a_batch_size_expected_to_exceed_max_batch_seconds_is_not_timed():
+    bench = {"bursts": 3, "min_seconds": 0.0, "warmup": 0, "batch_sizes": [2, 4, 32], "max_batch_seconds": 0.1}
+    timings = time_in_bursts(bench, _fake_methods({"fast": 0.01, "slow": 0.05}, [1.0], []))
+    # fast: batch 4 is expected at 0.04 s a call, 32 at 0.32 s; slow: batch 2 at 0.1 s, 4 at 0.2 s
+    assert sorted(timings["fast"]) == [1, 2, 4] and sorted(timings["slow"]) == [1, 2]
     # the later rounds time exactly the sizes the first one did
-    assert sorted(efficiency._time_batch_sizes(None, queries, None, torch.device("cpu"), bench, sizes=[1, 32])) == [1, 32]
+    again = time_in_bursts(bench, _fake_methods({"fast": 0.01, "slow": 0.05}, [1.0], []), sizes={"fast": [1, 32], "slow": [1]})
+    assert sorted(again["fast"]) == [1, 32] and sorted(again["slow"]) == [1]
 
 
 def test_share_trained_copies_each_checkpoint_once_and_never_replaces_one(tmp_path):

@@ -1,14 +1,21 @@
-"""`gadbench bench`: every method timed in interleaved rounds, so that load on a shared machine
-falls on all methods alike.
+"""`gadbench bench`: every method timed in interleaved rounds and, within a round, in interleaved
+bursts, so that load on a shared machine falls on all methods alike.
 
-Round r measures method A, then B, then C ..., each in a fresh process (benchmark/outputs/
-efficiency.py:measure, forked from a server that has only imported the libraries); `rounds` such
-rounds run one after the other (A B C A B C ...). The first round trains the methods that train
-(timed) and fixes the batch sizes; later rounds load its checkpoints and time the same batch sizes.
-A row reports, per batch size, the median throughput over rounds and its spread ((max - min) /
-median), marked noisy above NOISY_SPREAD, and the median over rounds of its throughput divided by
-the reference method's in the same round: a ratio measured side by side, which is what carries to
-another machine. Peak memory is the largest over rounds. When any method must be measured, the
+A round starts one fresh process per method (benchmark/outputs/efficiency.py:serve, forked from a
+server that has only imported the libraries), one after the other: each trains its method (the
+first round, timed) or loads what the first round trained, sets its references and waits. Then,
+for each batch size, the round asks for `bursts` short bursts of timed calls in turn, A B C, B C A,
+C A B, ...: each burst lasts about min_seconds / bursts, so the methods' calls that are compared
+are seconds apart, not minutes, and the order rotates so that no method always follows the same
+one. `rounds` such rounds run one after the other. The first round fixes the batch sizes; later
+rounds time the same ones.
+
+Per round and batch size a method's throughput is the batch size over its median call. Its ratio
+to the reference method is taken burst by burst (the reference's median call in that burst cycle
+over the method's: a throughput ratio measured side by side) and the round's ratio is the median
+over its bursts. A row reports, per batch size, the median throughput over rounds and its spread
+((max - min) / median), marked noisy above NOISY_SPREAD, and the median ratio over rounds with
+its spread. Peak memory is the largest over rounds. When any method must be measured, the
 reference method is measured again with it.
 
 With `share_checkpoints` (`gadbench bench --checkpoints results/checkpoints`), the checkpoints
@@ -20,11 +27,12 @@ training it again. ./run_all.sh runs the bench first for this reason.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import shutil
 import statistics
+import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -33,7 +41,7 @@ import torch
 from benchmark.atomic import atomic_file
 from benchmark.config import config_hash
 from benchmark.errors import GadbenchError
-from benchmark.outputs.efficiency import BENCH_VERSION, device_name, device_slug, measure
+from benchmark.outputs.efficiency import BENCH_VERSION, MIN_TIMED_CALLS, device_name, device_slug, serve
 from benchmark.run.results import read_cell, write_json_atomic
 
 NOISY_SPREAD = 0.20
@@ -45,25 +53,30 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
-def combine(rounds: list[dict], reference_rounds: list[dict] | None) -> dict:
-    """One row from a method's rounds (all done): medians, spreads and the ratio to the reference."""
+def combine(rounds: list[dict]) -> dict:
+    """One row from a method's rounds (all done): medians over rounds, spreads, and the median of
+    the rounds' side-by-side ratios to the reference (when it was measured beside it)."""
     first = rounds[0]
     sizes = list(first["per_batch"])
     per_batch = {}
     for size in sizes:
         throughputs = [r["per_batch"][size]["images_per_second"] for r in rounds]
         per_batch[size] = {"images_per_second": statistics.median(throughputs), "spread": _spread(throughputs),
-                           "per_round": throughputs, "peak_memory_mib": max(r["per_batch"][size]["peak_memory_mib"] for r in rounds)}
+                           "per_round": throughputs, "peak_memory_mib": max(r["per_batch"][size]["peak_memory_mib"] for r in rounds),
+                           "calls_per_round": [r["per_batch"][size]["calls"] for r in rounds],
+                           "bursts_per_round": [r["per_batch"][size]["bursts"] for r in rounds]}
     best = max(per_batch, key=lambda b: per_batch[b]["images_per_second"])
-    row = {**first, "per_batch": per_batch, "rounds": len(rounds), "best_batch": best,
+    row = {**{k: v for k, v in first.items() if k not in ("ratio_batch1", "burst_ratios")}, "per_batch": per_batch,
+           "rounds": len(rounds), "best_batch": best,
            "throughput_batch1": per_batch[sizes[0]]["images_per_second"], "throughput_batch1_spread": per_batch[sizes[0]]["spread"],
            "throughput_best": per_batch[best]["images_per_second"], "throughput_best_spread": per_batch[best]["spread"],
            "peak_memory_mib": per_batch[best]["peak_memory_mib"], "ratio_batch1": None, "ratio_batch1_spread": None}
     row["noisy"] = bool(max(row["throughput_batch1_spread"], row["throughput_best_spread"]) > NOISY_SPREAD)
-    if reference_rounds and all(r["status"] == "done" for r in reference_rounds) and len(reference_rounds) == len(rounds):
-        ratios = [r["per_batch"][sizes[0]]["images_per_second"] / ref["per_batch"][1]["images_per_second"]
-                  for r, ref in zip(rounds, reference_rounds)]
+    ratios = [r.get("ratio_batch1") for r in rounds]
+    if all(ratio is not None for ratio in ratios):
         row["ratio_batch1"], row["ratio_batch1_spread"] = statistics.median(ratios), _spread(ratios)
+        row["ratio_batch1_per_round"] = ratios
+        row["burst_ratios_per_round"] = [r["burst_ratios"] for r in rounds]
     return row
 
 
@@ -82,12 +95,43 @@ def _fresh_process_context():
     return context
 
 
-def _measure_in_fresh_process(bench, entry, device, weights_dir, workdir, sizes) -> dict:
-    with ProcessPoolExecutor(max_workers=1, mp_context=_fresh_process_context()) as pool:
-        row = pool.submit(measure, bench, entry, str(device), weights_dir, str(workdir), sizes).result()
-    if row["status"] == "done":  # JSON keys are strings; keep batch sizes as ints
-        row["per_batch"] = {int(k): v for k, v in row["per_batch"].items()}
-    return row
+class BenchProcess:
+    """One method's process for one round (efficiency.serve) and the pipe to it."""
+
+    def __init__(self, context, method: str, args: tuple):
+        self.method = method
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(child, *args), name=f"bench-{method}")
+        self.process.start()
+        child.close()
+
+    def receive(self) -> dict:
+        try:
+            reply = self.connection.recv()
+        except EOFError:
+            self.process.join(timeout=5)
+            raise GadbenchError(f"{self.method}: its bench process ended without answering (exit code "
+                                f"{self.process.exitcode}; out of memory?)") from None
+        if reply.get("status") == "error":  # a failing method is a bug: its traceback, then one line
+            print(reply["traceback"], file=sys.stderr)
+            raise GadbenchError(f"{self.method}: {reply['error']} (in its bench process; traceback above)")
+        return reply
+
+    def burst(self, size: int, warmup: int, min_calls: int, min_seconds: float) -> dict:
+        self.connection.send((size, warmup, min_calls, min_seconds))
+        return self.receive()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.connection.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self.process.join(timeout=30)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
+        self.connection.close()
 
 
 def share_trained(trained: Path, destination: Path) -> list[Path]:
@@ -122,12 +166,12 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
     todo = [e for e in wanted if force or not existing[e[2]] or existing[e[2]].get("key") != keys[e[2]]]
     if todo and reference not in {method for _, _, method in todo}:  # ratios are only measured side by side
         todo = [e for e in entries if e[2] == reference] + todo
-    measured = _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints) if todo else {}
+    measured = _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints, reference) if todo else {}
     rows = []
     for order, entry, method in wanted + [e for e in todo if e not in wanted]:
         if method in measured:
             rounds = measured[method]
-            row = combine(rounds, measured.get(reference)) if all(r["status"] == "done" for r in rounds) else rounds[-1]
+            row = combine(rounds) if all(r["status"] == "done" for r in rounds) else rounds[-1]
             row.update(key=keys[method], order=order, bench=bench["name"], rehearsal=bool(bench.get("rehearsal")),
                        reference=reference)
             write_json_atomic(row, folder / f"{method}.json")
@@ -142,25 +186,88 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
     return rows
 
 
-def _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints=None) -> dict[str, list[dict]]:
-    """{method: [its row of each round]}: A B C, A B C, ... in fresh processes; a method skipped
-    (missing weights) in the first round is not measured again."""
+def _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints=None, reference=None) -> dict[str, list[dict]]:
+    """{method: [its row of each round]}; a method skipped (missing weights) in the first round
+    is not measured again."""
     measured = {method: [] for _, _, method in todo}
     with tempfile.TemporaryDirectory(prefix="gadbench-bench-") as work:
         for round_index in range(int(bench["rounds"])):
-            for _, entry, method in todo:
-                previous = measured[method]
-                if previous and previous[0]["status"] != "done":
-                    continue
-                echo(f"{method}: round {round_index + 1}/{bench['rounds']} on {name} ...")
-                sizes = list(previous[0]["per_batch"]) if previous else None
-                row = _measure_in_fresh_process(bench, entry, device, weights_dir, Path(work) / method, sizes)
-                if (share_checkpoints is not None and round_index == 0 and row["status"] == "done"
-                        and not entry.get("config") and not entry.get("random_weights")):
-                    for copy in share_trained(Path(work) / method, Path(share_checkpoints) / method / bench["source"]):
-                        echo(f"  shared its checkpoint: {copy}")
-                measured[method].append(row)
+            context, processes = _fresh_process_context(), {}
+            try:
+                for _, entry, method in todo:
+                    previous = measured[method]
+                    if previous and previous[0]["status"] != "done":
+                        continue
+                    echo(f"{method}: round {round_index + 1}/{bench['rounds']} on {name} ...")
+                    process = BenchProcess(context, method, (bench, entry, str(device), weights_dir, str(Path(work) / method)))
+                    reply = process.receive()
+                    if reply["status"] != "ready":
+                        process.close()
+                        measured[method].append(reply)
+                        continue
+                    processes[method] = process
+                    if (share_checkpoints is not None and round_index == 0 and not entry.get("config")
+                            and not entry.get("random_weights")):
+                        for copy in share_trained(Path(work) / method, Path(share_checkpoints) / method / bench["source"]):
+                            echo(f"  shared its checkpoint: {copy}")
+                    measured[method].append({**reply, "status": "done"})
+                sizes = {m: list(rounds[0]["per_batch"]) for m, rounds in measured.items() if round_index and m in processes}
+                timings = time_in_bursts(bench, {m: p.burst for m, p in processes.items()}, sizes or None)
+            finally:
+                for process in processes.values():
+                    process.close()
+            for method, per_batch in timings.items():
+                measured[method][-1].update(round_row(per_batch, timings.get(reference)))
     return measured
+
+
+def rotated(items: list, by: int) -> list:
+    by %= max(1, len(items))
+    return items[by:] + items[:by]
+
+
+def time_in_bursts(bench: dict, bursts: dict, sizes: dict[str, list[int]] | None = None) -> dict[str, dict]:
+    """{method: {size: {"calls": [...], "bursts": [{"began", "median"}, ...], "peak_memory_mib"}}}.
+    `bursts` maps each method to a function (size, warmup, min_calls, min_seconds) -> one burst's
+    reply. Each size is timed in bench["bursts"] bursts per method, in rotating order (A B C,
+    B C A, ...); with `sizes` (later rounds) exactly those sizes per method, otherwise batch 1 and
+    each larger size of the bench while a method's call is expected to take at most
+    max_batch_seconds (its last size's median seconds per image x the size)."""
+    count = int(bench["bursts"])
+    min_calls, seconds = math.ceil(MIN_TIMED_CALLS / count), float(bench["min_seconds"]) / count
+    candidates = sorted(set().union(*sizes.values())) if sizes else sorted(set(bench["batch_sizes"]) | {1})
+    timings = {method: {} for method in bursts}
+    still_timed, seconds_per_image = list(bursts), {method: 0.0 for method in bursts}
+    for size in candidates:
+        if sizes:
+            methods = [m for m in bursts if size in sizes.get(m, ())]
+        else:  # a method stops at the first size expected to be too slow
+            still_timed = [m for m in still_timed if seconds_per_image[m] * size <= bench["max_batch_seconds"]]
+            methods = still_timed
+        for index in range(count):
+            for method in rotated(methods, index):
+                reply = bursts[method](size, int(bench["warmup"]) if index == 0 else 0, min_calls, seconds)
+                timing = timings[method].setdefault(size, {"calls": [], "bursts": []})
+                timing["calls"].extend(reply["calls"])
+                timing["bursts"].append({"began": reply["began"], "median": statistics.median(reply["calls"])})
+                timing["peak_memory_mib"] = reply["peak_memory_mib"]
+        for method in methods:
+            seconds_per_image[method] = statistics.median(timings[method][size]["calls"]) / size
+    return timings
+
+
+def round_row(per_batch: dict, reference: dict | None) -> dict:
+    """A method's figures in one round: per size the throughput from the median call; at batch 1
+    the burst-by-burst ratio to the reference (its median call over the method's in the same
+    burst cycle) and their median."""
+    row = {"per_batch": {size: {"images_per_second": size / statistics.median(t["calls"]),
+                                "seconds_per_call": statistics.median(t["calls"]), "peak_memory_mib": t["peak_memory_mib"],
+                                "calls": len(t["calls"]), "bursts": t["bursts"]} for size, t in per_batch.items()},
+           "ratio_batch1": None}
+    if reference is not None and 1 in reference and 1 in per_batch:
+        ratios = [ref["median"] / own["median"] for own, ref in zip(per_batch[1]["bursts"], reference[1]["bursts"])]
+        row.update(ratio_batch1=statistics.median(ratios), burst_ratios=ratios)
+    return row
 
 
 def _echo_row(row: dict, echo) -> None:

@@ -1,10 +1,10 @@
 """The efficiency table: parameters, source training time, inference throughput and peak memory.
 
 `gadbench bench -e configs/experiments/efficiency.yaml` measures every listed method in
-interleaved rounds (benchmark/outputs/bench_rounds.py), each measurement in a fresh process of its
-own (so one method's memory never counts against the next), and writes one JSON per (device,
+interleaved rounds (benchmark/outputs/bench_rounds.py), each method in a fresh process of its own
+per round (so one method's memory never counts against the next), and writes one JSON per (device,
 method) under <results>/efficiency/, then results/tables/<bench>/efficiency.{csv,tex}. This module
-is what runs inside one such process.
+is what runs inside one such process (MethodUnderTest, serve).
 
 What is timed, per method:
   - training: the method's fit_source on the bench's source domain, its configured schedule (with
@@ -12,13 +12,13 @@ What is timed, per method:
     load its checkpoint);
   - inference: predict() on already decoded, preprocessed query images of the target category with
     the references set once: the backbone (the feature cache is off), the method's head and the
-    map post-processing; image decoding and metrics are not timed. After `warmup` calls, calls are
-    repeated for at least `min_seconds` (and at least three times), each timed on its own (CUDA
-    synchronised around it); throughput = batch size / the MEDIAN call, so that a burst of load
-    from elsewhere on a shared machine moves a few calls, not the figure. At batch 1 and at every
-    batch size of `batch_sizes` while a call is expected to take at most `max_batch_seconds`
-    (expected: the last measured call's time per image x the batch size); the best is reported
-    with its batch size;
+    map post-processing; image decoding and metrics are not timed. Calls are timed in short
+    bursts, one method after the other (bench_rounds.py), each call on its own (CUDA synchronised
+    around it), after `warmup` untimed calls; throughput = batch size / the MEDIAN call, so that a
+    burst of load from elsewhere on a shared machine moves a few calls, not the figure. At batch
+    1 and at every batch size of `batch_sizes` while a call is expected to take at most
+    `max_batch_seconds` (expected: the last measured call's time per image x the batch size); the
+    best is reported with its batch size;
   - peak memory during the timed inference: CUDA max allocated on a GPU, the process's peak
     resident set (sampled every 5 ms) on the CPU. The two are different quantities and are never
     put in one column: every device gets a table of its own.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -36,12 +35,12 @@ from pathlib import Path
 import torch
 
 from benchmark.config import check_keys, deep_merge, load_yaml
-from benchmark.errors import MissingWeights
+from benchmark.errors import GadbenchError, MissingWeights
 
 BENCH_KEYS = {"name", "description", "data_root", "datasets", "source", "target", "category", "settings", "batch_sizes",
-              "warmup", "min_seconds", "max_batch_seconds", "methods", "rounds", "reference"}
+              "warmup", "min_seconds", "max_batch_seconds", "methods", "rounds", "bursts", "reference"}
 METHOD_ENTRY_KEYS = {"method", "config", "random_weights", "label"}
-BENCH_VERSION = 3  # in every row's key: bump when what is timed changes (3: median call)
+BENCH_VERSION = 4  # in every row's key: bump when what is timed changes (3: median call; 4: bursts)
 
 
 def load_bench(path: str | Path, data_root: str | None = None) -> dict:
@@ -49,7 +48,7 @@ def load_bench(path: str | Path, data_root: str | None = None) -> dict:
     data = load_yaml(path)
     check_keys(str(path), data, BENCH_KEYS, {"source", "target", "methods"})
     bench = {"settings": {"normal": "N1", "normal+abnormal": "N1+A1"}, "batch_sizes": [1, 2, 4, 8, 16], "warmup": 1,
-             "min_seconds": 2.0, "max_batch_seconds": 20.0, "category": None, "rounds": 3, "reference": None, **data,
+             "min_seconds": 2.0, "max_batch_seconds": 20.0, "category": None, "rounds": 3, "bursts": 5, "reference": None, **data,
              "path": str(path)}
     bench["data_root"] = data_root or os.environ.get("DATA_ROOT") or bench.get("data_root", "data")
     bench.setdefault("name", path.stem)
@@ -57,6 +56,9 @@ def load_bench(path: str | Path, data_root: str | None = None) -> dict:
         entry = {"method": entry} if isinstance(entry, str) else entry
         check_keys(f"{path}: methods", entry, METHOD_ENTRY_KEYS, {"method"})
     bench["methods"] = [{"method": e} if isinstance(e, str) else e for e in bench["methods"]]
+    for key in ("rounds", "bursts"):
+        if isinstance(bench[key], bool) or not isinstance(bench[key], int) or bench[key] < 1:
+            raise GadbenchError(f"{path}: {key} must be a whole number of at least 1, not {bench[key]!r}")
     return bench
 
 
@@ -109,61 +111,72 @@ def _sync(device: torch.device) -> None:
 MIN_TIMED_CALLS = 3
 
 
-def _throughput(adapter, batch, device, warmup: int, min_seconds: float) -> tuple[float, float]:
-    """(images per second, seconds of the median call) for one batch size: the method's prediction
-    and the harness's map post-processing, as a run scores a batch."""
-    from benchmark.run.engine import predict_at_original
-
+def timed_calls(call, warmup: int, min_calls: int, min_seconds: float, sync=lambda: None) -> list[float]:
+    """Seconds of each of at least `min_calls` calls lasting at least `min_seconds` together,
+    after `warmup` untimed calls; each call timed on its own (sync() waits for the device)."""
     for _ in range(warmup):
-        predict_at_original(adapter, batch)
-    _sync(device)
+        call()
+    sync()
     calls, start = [], time.perf_counter()
-    while len(calls) < MIN_TIMED_CALLS or time.perf_counter() - start < min_seconds:
+    while len(calls) < min_calls or time.perf_counter() - start < min_seconds:
         began = time.perf_counter()
-        predict_at_original(adapter, batch)
-        _sync(device)
+        call()
+        sync()
         calls.append(time.perf_counter() - began)
-    median = statistics.median(calls)
-    return len(batch) / median, median
+    return calls
 
 
-def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str,
-            sizes: list[int] | None = None) -> dict:
-    """Runs in a fresh process: train (or load what an earlier round trained in `workdir`), then
-    time inference at `sizes` (default: batch 1 and the bench's sizes until one call is too slow)."""
-    import warnings
+class MethodUnderTest:
+    """What one bench process holds between bursts: the method trained (or loaded from what an
+    earlier round trained in `workdir`), its references set, and decoded query batches, built
+    under the bench's conditions. `skipped` says why not when its weights are not here."""
 
-    from benchmark import registry
-    from benchmark.adapter import NORMAL, Domain, RunContext
-    from benchmark.data.references import Plan, QueryGroup
-    from benchmark.run.engine import references
-    from benchmark.data import read_dataset
-    from benchmark.run.experiment import load_datasets, load_method
-    from benchmark.features.service import FeatureService
-    from benchmark.data.references import parse_setting
-    from benchmark.run.runner import make_deterministic, seed_everything
-    from benchmark.features.weights import WeightStore
+    def __init__(self, bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str):
+        import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    device = torch.device(device_string)
-    make_deterministic(device)
-    seed_everything(0)
-    method = load_method(entry["method"], bench["path"])
-    config = deep_merge(method.config, entry.get("config") or {})
-    if entry.get("random_weights"):
-        config["allow_random_weights"] = True
-    store = WeightStore(weights_dir)
-    adapter_class = registry.resolve(method.adapter)
-    setting = parse_setting(bench["settings"]["normal" if NORMAL in adapter_class.supports else "normal+abnormal"])
-    datasets = load_datasets(bench.get("datasets"), Path(bench["data_root"]).resolve(), bench["path"])
-    source, target = (datasets[bench[k]] for k in ("source", "target"))
-    training_features = FeatureService(store, device)  # training may cache, as the runner's does
-    timing_features = FeatureService(store, device, memory_bytes=0)  # every timed call runs the backbone
-    row = {"method": method.name, "label": entry.get("label") or method.label, "adapter": method.adapter,
-           "device": device.type, "device_name": device_name(device), "precision": "float32", "threads": torch.get_num_threads(),
-           "setting": setting.label, "overrides": entry.get("config") or {}, "source": source.name, "target": target.name}
-    try:
-        adapter = adapter_class(config, RunContext(device, store, training_features, Path(workdir)))
+        from benchmark import registry
+        from benchmark.adapter import NORMAL
+        from benchmark.data.references import parse_setting
+        from benchmark.features.service import FeatureService
+        from benchmark.features.weights import WeightStore
+        from benchmark.run.experiment import load_datasets, load_method
+        from benchmark.run.runner import make_deterministic, seed_everything
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        self.device = device = torch.device(device_string)
+        make_deterministic(device)
+        seed_everything(0)
+        method = load_method(entry["method"], bench["path"])
+        config = deep_merge(method.config, entry.get("config") or {})
+        if entry.get("random_weights"):
+            config["allow_random_weights"] = True
+        store = WeightStore(weights_dir)
+        adapter_class = registry.resolve(method.adapter)
+        setting = parse_setting(bench["settings"]["normal" if NORMAL in adapter_class.supports else "normal+abnormal"])
+        datasets = load_datasets(bench.get("datasets"), Path(bench["data_root"]).resolve(), bench["path"])
+        source, target = (datasets[bench[k]] for k in ("source", "target"))
+        training_features = FeatureService(store, device)  # training may cache, as the runner's does
+        timing_features = FeatureService(store, device, memory_bytes=0)  # every timed call runs the backbone
+        self.row = {"method": method.name, "label": entry.get("label") or method.label, "adapter": method.adapter,
+                    "device": device.type, "device_name": device_name(device), "precision": "float32",
+                    "threads": torch.get_num_threads(), "setting": setting.label, "overrides": entry.get("config") or {},
+                    "source": source.name, "target": target.name}
+        self.skipped = None
+        try:
+            self._build(bench, adapter_class, config, store, setting, source, target, training_features, timing_features,
+                        workdir)
+        except MissingWeights as error:
+            self.skipped = str(error)
+
+    def _build(self, bench, adapter_class, config, store, setting, source, target, training_features, timing_features,
+               workdir) -> None:
+        from benchmark.adapter import Domain, RunContext
+        from benchmark.data import read_dataset
+        from benchmark.data.references import Plan, QueryGroup
+        from benchmark.run.engine import references
+
+        device = self.device
+        self.adapter = adapter = adapter_class(config, RunContext(device, store, training_features, Path(workdir)))
         if adapter_class.trains_on_source:
             fresh = not any(Path(workdir).rglob("model.pt"))
             start = time.perf_counter()
@@ -171,10 +184,10 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
                                setting=setting, target=None)
             _sync(device)
             if fresh:  # the first round trains and is timed; later rounds load its checkpoint
-                row["training_seconds"] = time.perf_counter() - start
-            row["training_epochs"] = adapter.describe().get("training_epochs")
+                self.row["training_seconds"] = time.perf_counter() - start
+            self.row["training_epochs"] = adapter.describe().get("training_epochs")
         adapter.context.features = timing_features
-        preprocessing = adapter.preprocessing()
+        self.preprocessing = adapter.preprocessing()
         table = read_dataset(target)
         category = bench["category"] or sorted(table.category.unique())[0]
         rows = table[table.category == category]
@@ -182,42 +195,57 @@ def measure(bench: dict, entry: dict, device_string: str, weights_dir: str | Non
         group = QueryGroup(rows[rows.label == 1].iloc[0].to_dict() if setting.k_abnormal else None, rows.iloc[:0])
         plan = Plan(None, rows[(rows.split == "train") & (rows.label == 0)].head(setting.k_normal), [group], 0)
         adapter.set_references(category, *references(adapter, plan, group, target.mask_threshold, setting.k_abnormal))
-        per_batch = _time_batch_sizes(adapter, rows[rows.split == "test"].reset_index(drop=True), preprocessing,
-                                      device, bench, sizes)
-        best = max(per_batch, key=lambda b: per_batch[b]["images_per_second"])
+        self.queries = rows[rows.split == "test"].reset_index(drop=True)
+        self.batches, self.peaks = {}, {}
         description = adapter.describe()
-    except MissingWeights as error:
-        return {**row, "status": "skipped", "reason": str(error)}
-    total, trainable = description.get("parameters_total"), description.get("parameters_trainable")
-    return {**row, "status": "done", "image_size": preprocessing.size, "category": category,
-            "parameters_total_m": total / 1e6 if total is not None else None,
-            "parameters_trainable_m": trainable / 1e6 if trainable is not None else 0.0,
-            "random_weights": bool(description.get("random_weights")),
-            "throughput_batch1": per_batch[1]["images_per_second"], "best_batch": best,
-            "throughput_best": per_batch[best]["images_per_second"], "per_batch": per_batch,
-            "peak_memory_mib": per_batch[best]["peak_memory_mib"],
-            "memory_kind": "CUDA max allocated" if device.type == "cuda" else "process peak RSS"}
+        total, trainable = description.get("parameters_total"), description.get("parameters_trainable")
+        self.row.update(image_size=self.preprocessing.size, category=category,
+                        parameters_total_m=total / 1e6 if total is not None else None,
+                        parameters_trainable_m=trainable / 1e6 if trainable is not None else 0.0,
+                        random_weights=bool(description.get("random_weights")),
+                        memory_kind="CUDA max allocated" if device.type == "cuda" else "process peak RSS")
 
+    def burst(self, size: int, warmup: int, min_calls: int, min_seconds: float) -> dict:
+        """Time calls at batch `size`: the method's prediction and the harness's map
+        post-processing, on decoded images, as a run scores a batch. Returns the calls' seconds,
+        when the burst began (time.monotonic, comparable between processes) and the peak memory
+        at this size so far."""
+        from benchmark.data.batches import load_batch
+        from benchmark.run.engine import predict_at_original
 
-def _time_batch_sizes(adapter, queries, preprocessing, device: torch.device, bench: dict,
-                      sizes: list[int] | None = None) -> dict[int, dict]:
-    """Throughput and peak memory at batch 1 and each bench batch size while a call is expected to
-    take at most max_batch_seconds (or at exactly `sizes`: the later rounds time what the first
-    one did)."""
-    from benchmark.data.batches import load_batch
-
-    per_batch, seconds_per_image = {}, 0.0
-    for size in sizes or sorted(set(bench["batch_sizes"]) | {1}):
-        if sizes is None and seconds_per_image * size > bench["max_batch_seconds"]:
-            break  # expected to take longer than max_batch_seconds a call: larger sizes are not timed
-        batch = load_batch(queries.iloc[[i % len(queries) for i in range(size)]], preprocessing)
-        batch.images  # decode now: decoding is not part of the timed call
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        if size not in self.batches:
+            batch = load_batch(self.queries.iloc[[i % len(self.queries) for i in range(size)]], self.preprocessing)
+            batch.images  # decode now: decoding is not part of the timed call
+            self.batches[size] = batch
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+        began = time.monotonic()
         with PeakRSS() as rss:
-            images_per_second, call_seconds = _throughput(adapter, batch, device, bench["warmup"], bench["min_seconds"])
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
-        per_batch[size] = {"images_per_second": images_per_second, "seconds_per_call": call_seconds,
-                           "peak_memory_mib": peak / 2**20}
-        seconds_per_image = call_seconds / size
-    return per_batch
+            calls = timed_calls(lambda: predict_at_original(self.adapter, self.batches[size]), warmup, min_calls,
+                                min_seconds, lambda: _sync(self.device))
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else rss.peak
+        self.peaks[size] = max(self.peaks.get(size, 0), peak)
+        return {"began": began, "calls": calls, "peak_memory_mib": self.peaks[size] / 2**20}
+
+
+def serve(connection, bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str) -> None:
+    """A bench process: build the method (training it in the first round), answer with its row
+    ("ready", or "skipped" for missing weights, or "error"), then time one burst per request
+    (size, warmup, min_calls, min_seconds) until it receives None."""
+    import traceback
+
+    try:
+        method = MethodUnderTest(bench, entry, device_string, weights_dir, workdir)
+    except Exception as error:  # reported by the bench, which stops with it
+        connection.send({"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+        return
+    if method.skipped:
+        connection.send({**method.row, "status": "skipped", "reason": method.skipped})
+        return
+    connection.send({**method.row, "status": "ready"})
+    while (request := connection.recv()) is not None:
+        try:
+            connection.send(method.burst(*request))
+        except Exception as error:
+            connection.send({"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+            return

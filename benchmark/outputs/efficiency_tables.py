@@ -96,7 +96,8 @@ def write_efficiency_tables(results_root: Path, name: str, echo=print, rendered:
         conditions = (f"{name}, {precision}, {int(threads)} torch threads; memory: {memory_kind}; throughput = batch / median"
                       f" call after warm-up, image decoding and metrics excluded, median over {int(rounds.max()) if len(rounds) else 1} interleaved"
                       f" rounds (spread: (max - min) / median)"
-                      + (f"; x ref: throughput / {reference.iloc[0]}'s in the same round, median" if len(reference) else ""))
+                      + (f"; x ref: throughput / {reference.iloc[0]}'s at batch 1, taken burst by burst in alternating"
+                         " bursts seconds apart, median" if len(reference) else ""))
         notes = list(dict.fromkeys(notes))
         shown = RenderedTable(f"Efficiency on {conditions}", [h for _, h in COLUMNS], lines, notes)
         echo("\n" + shown.title + "\n" + tabulate(lines, headers=shown.headers, tablefmt="github"))
