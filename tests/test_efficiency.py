@@ -192,7 +192,7 @@ def test_share_trained_copies_each_checkpoint_once_and_never_replaces_one(tmp_pa
     assert (destination / "k2-bbb" / "model.pt").read_text() == "already here"
 
 
-def test_a_grid_loads_the_checkpoint_the_bench_trained_instead_of_training_again(tmp_path, synthetic_root):
+def test_a_grid_loads_the_checkpoint_the_bench_trained_instead_of_training_again(tmp_path, synthetic_root, capsys):
     from conftest import write_experiment
 
     nagl = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
@@ -205,6 +205,8 @@ def test_a_grid_loads_the_checkpoint_the_bench_trained_instead_of_training_again
     results = tmp_path / "results"
     assert main(["bench", "-e", str(tmp_path / "bench.yaml"), "--results", str(results), "--device", "cpu",
                  "--checkpoints", str(results / "checkpoints")]) == 0
+    steps = [line.split(" on ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("nagl_tiny: ")]
+    assert steps == ["nagl_tiny: training", "nagl_tiny: round 1/1"]  # trained in a process of its own, then timed
     row = json.loads((results / "efficiency" / "efficiency_tiny" / "cpu" / "nagl_tiny.json").read_text())
     assert row["training_seconds"] > 0  # the bench trained it, from scratch, and timed it
     (shared,) = (results / "checkpoints" / "nagl_tiny" / "tiny_objects").glob("*/model.pt")

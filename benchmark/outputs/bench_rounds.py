@@ -1,9 +1,10 @@
 """`gadbench bench`: every method timed in interleaved rounds and, within a round, in interleaved
 bursts, so that load on a shared machine falls on all methods alike.
 
-A round starts one fresh process per method (benchmark/outputs/efficiency.py:serve, forked from a
-server that has only imported the libraries), one after the other: each trains its method (the
-first round, timed) or loads what the first round trained, sets its references and waits. Then,
+First, each method that trains is trained from scratch (timed) in a process of its own
+(benchmark/outputs/efficiency.py:serve, forked from a server that has only imported the
+libraries). A round then starts one fresh process per method, one after the other: each loads
+its method (the checkpoint trained before), sets its references and waits. Then,
 for each batch size, the round asks for `bursts` short bursts of timed calls in turn, A B C, B C A,
 C A B, ...: each burst lasts about min_seconds / bursts, so the methods' calls that are compared
 are seconds apart, not minutes, and the order rotates so that no method always follows the same
@@ -19,7 +20,7 @@ its spread. Peak memory is the largest over rounds. When any method must be meas
 reference method is measured again with it.
 
 With `share_checkpoints` (`gadbench bench --checkpoints results/checkpoints`), the checkpoints
-the first round trained for methods measured with their own config (no overrides) are copied
+the bench trained for methods measured with their own config (no overrides) are copied
 where `gadbench run` looks for them (<checkpoints>/<method>/<source>/): a checkpoint is found by
 the hash of everything that shapes it, so a grid that needs the same model loads it instead of
 training it again. ./run_all.sh runs the bench first for this reason.
@@ -46,7 +47,7 @@ from benchmark.run.results import read_cell, write_json_atomic
 
 NOISY_SPREAD = 0.20
 TIMING_KEYS = ("source", "target", "category", "settings", "batch_sizes", "warmup", "min_seconds", "max_batch_seconds",
-               "rehearsal", "rounds", "reference")
+               "rehearsal", "rounds", "bursts", "reference")
 
 
 def _spread(values: list[float]) -> float:
@@ -187,12 +188,36 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
 
 
 def _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints=None, reference=None) -> dict[str, list[dict]]:
-    """{method: [its row of each round]}; a method skipped (missing weights) in the first round
-    is not measured again."""
+    """{method: [its row of each round]}. The methods that train are trained first, each in a
+    process of its own (timed); every round's processes load those checkpoints, so that no timed
+    process has trained (training leaves a process's memory allocator in another state, which
+    made a method's first-round calls up to 40 % faster than its later ones). A method skipped
+    (missing weights) is not measured again."""
+    from benchmark import registry
+    from benchmark.run.experiment import load_method
+
     measured = {method: [] for _, _, method in todo}
+    training = {}
     with tempfile.TemporaryDirectory(prefix="gadbench-bench-") as work:
+        context = _fresh_process_context()
+        for _, entry, method in todo:
+            if not registry.resolve(load_method(entry["method"], bench["path"]).adapter).trains_on_source:
+                continue
+            echo(f"{method}: training on {name} ...")
+            process = BenchProcess(context, method, (bench, entry, str(device), weights_dir, str(Path(work) / method), True))
+            try:
+                reply = process.receive()
+            finally:
+                process.close()
+            if reply["status"] != "ready":
+                measured[method].append(reply)
+                continue
+            training[method] = {key: reply.get(key) for key in ("training_seconds", "training_epochs")}
+            if share_checkpoints is not None and not entry.get("config") and not entry.get("random_weights"):
+                for copy in share_trained(Path(work) / method, Path(share_checkpoints) / method / bench["source"]):
+                    echo(f"  shared its checkpoint: {copy}")
         for round_index in range(int(bench["rounds"])):
-            context, processes = _fresh_process_context(), {}
+            processes = {}
             try:
                 for _, entry, method in todo:
                     previous = measured[method]
@@ -206,11 +231,7 @@ def _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints=None
                         measured[method].append(reply)
                         continue
                     processes[method] = process
-                    if (share_checkpoints is not None and round_index == 0 and not entry.get("config")
-                            and not entry.get("random_weights")):
-                        for copy in share_trained(Path(work) / method, Path(share_checkpoints) / method / bench["source"]):
-                            echo(f"  shared its checkpoint: {copy}")
-                    measured[method].append({**reply, "status": "done"})
+                    measured[method].append({**reply, **training.get(method, {}), "status": "done"})
                 sizes = {m: list(rounds[0]["per_batch"]) for m, rounds in measured.items() if round_index and m in processes}
                 timings = time_in_bursts(bench, {m: p.burst for m, p in processes.items()}, sizes or None)
             finally:

@@ -8,8 +8,8 @@ is what runs inside one such process (MethodUnderTest, serve).
 
 What is timed, per method:
   - training: the method's fit_source on the bench's source domain, its configured schedule (with
-    the bench's overrides, shown in the row), from scratch, in the first round only (later rounds
-    load its checkpoint);
+    the bench's overrides, shown in the row), from scratch, once, in a process that times nothing
+    else (every round's processes load its checkpoint);
   - inference: predict() on already decoded, preprocessed query images of the target category with
     the references set once: the backbone (the feature cache is off), the method's head and the
     map post-processing; image decoding and metrics are not timed. Calls are timed in short
@@ -131,7 +131,8 @@ class MethodUnderTest:
     earlier round trained in `workdir`), its references set, and decoded query batches, built
     under the bench's conditions. `skipped` says why not when its weights are not here."""
 
-    def __init__(self, bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str):
+    def __init__(self, bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str,
+                 train_only: bool = False):
         import warnings
 
         from benchmark import registry
@@ -164,12 +165,12 @@ class MethodUnderTest:
         self.skipped = None
         try:
             self._build(bench, adapter_class, config, store, setting, source, target, training_features, timing_features,
-                        workdir)
+                        workdir, train_only)
         except MissingWeights as error:
             self.skipped = str(error)
 
     def _build(self, bench, adapter_class, config, store, setting, source, target, training_features, timing_features,
-               workdir) -> None:
+               workdir, train_only) -> None:
         from benchmark.adapter import Domain, RunContext
         from benchmark.data import read_dataset
         from benchmark.data.references import Plan, QueryGroup
@@ -183,9 +184,11 @@ class MethodUnderTest:
             adapter.fit_source(Domain(source.name, read_dataset(source), source.mask_threshold), 0, Path(workdir),
                                setting=setting, target=None)
             _sync(device)
-            if fresh:  # the first round trains and is timed; later rounds load its checkpoint
+            if fresh:  # the training process trains and is timed; the rounds load its checkpoint
                 self.row["training_seconds"] = time.perf_counter() - start
             self.row["training_epochs"] = adapter.describe().get("training_epochs")
+        if train_only:
+            return
         adapter.context.features = timing_features
         self.preprocessing = adapter.preprocessing()
         table = read_dataset(target)
@@ -228,14 +231,16 @@ class MethodUnderTest:
         return {"began": began, "calls": calls, "peak_memory_mib": self.peaks[size] / 2**20}
 
 
-def serve(connection, bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str) -> None:
-    """A bench process: build the method (training it in the first round), answer with its row
-    ("ready", or "skipped" for missing weights, or "error"), then time one burst per request
-    (size, warmup, min_calls, min_seconds) until it receives None."""
+def serve(connection, bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str,
+          train_only: bool = False) -> None:
+    """A bench process: build the method (training it, or loading what was trained in
+    `workdir`), answer with its row ("ready", or "skipped" for missing weights, or "error"), then
+    time one burst per request (size, warmup, min_calls, min_seconds) until it receives None.
+    With `train_only` it answers once trained, and ends."""
     import traceback
 
     try:
-        method = MethodUnderTest(bench, entry, device_string, weights_dir, workdir)
+        method = MethodUnderTest(bench, entry, device_string, weights_dir, workdir, train_only)
     except Exception as error:  # reported by the bench, which stops with it
         connection.send({"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
         return
@@ -243,6 +248,8 @@ def serve(connection, bench: dict, entry: dict, device_string: str, weights_dir:
         connection.send({**method.row, "status": "skipped", "reason": method.skipped})
         return
     connection.send({**method.row, "status": "ready"})
+    if train_only:
+        return
     while (request := connection.recv()) is not None:
         try:
             connection.send(method.burst(*request))
