@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from benchmark.run.maps import maps_at_original
@@ -60,6 +61,38 @@ def test_maps_are_resized_to_each_original_size_then_blurred():
     raw = maps_at_original(patch, [(32, 48)], squash, sigma=0)[0][0]
     assert maps[0].max() < raw.max()  # blurred
     assert np.unravel_index(maps[0].argmax(), maps[0].shape)[0] < 16  # peak stays in the right quadrant
+
+
+def _one_step_at_a_time(amap: np.ndarray, size, preprocessing: Preprocessing, sigma: float, blur_at: str):
+    """The map pipeline as the official codes write it: interpolate, blur with scipy's
+    gaussian_filter, paste back: each operation on the whole map, one after the other."""
+    from scipy.ndimage import gaussian_filter
+
+    tensor = torch.from_numpy(amap)[None, None]
+    if blur_at == "input" or (preprocessing.resize != "squash" and amap.shape != (preprocessing.size,) * 2):
+        amap = F.interpolate(tensor, size=(preprocessing.size,) * 2, mode="bilinear", align_corners=False)[0, 0].numpy()
+    if blur_at == "input":
+        blurred = gaussian_filter(amap, sigma) if sigma else amap
+        return preprocessing.to_original(blurred, size), blurred.max()
+    back = preprocessing.to_original(amap, size)
+    return (gaussian_filter(back, sigma) if sigma else back), np.nan
+
+
+@pytest.mark.parametrize("blur_at", ["original", "input"])
+@pytest.mark.parametrize("preprocessing", [Preprocessing(size=32), Preprocessing(size=32, resize="shorter", resize_to=40),
+                                           Preprocessing(size=32, resize="shorter", resize_to=32)], ids=["squash", "crop", "shorter"])
+@pytest.mark.parametrize("sigma", [0.0, 4.0])
+def test_the_per_axis_map_operators_equal_resize_paste_and_blur_one_after_the_other(blur_at, preprocessing, sigma):
+    generator = torch.Generator().manual_seed(7)
+    for shape in ((8, 8), (32, 32)):
+        maps = torch.rand(3, *shape, generator=generator) * 5 - 1
+        sizes = [(48, 48), (50, 70), (91, 40)]
+        got, maxima = maps_at_original(maps, sizes, preprocessing, sigma, blur_at)
+        for amap, size, mine, maximum in zip(maps.numpy(), sizes, got, maxima):
+            want, want_max = _one_step_at_a_time(amap, size, preprocessing, sigma, blur_at)
+            assert mine.shape == size and mine.dtype == np.float32
+            np.testing.assert_allclose(mine, want, atol=2e-6, rtol=0)  # float rounding on maps spanning 5
+            np.testing.assert_allclose(maximum, want_max, atol=2e-6, rtol=0)
 
 
 def test_squash_keeps_the_whole_image_and_crop_keeps_mask_and_image_aligned():
