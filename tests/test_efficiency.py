@@ -9,7 +9,7 @@ import yaml
 
 from benchmark.cli import main
 from benchmark.outputs import efficiency
-from benchmark.outputs.bench_rounds import round_row, share_trained, time_in_bursts
+from benchmark.outputs.bench_rounds import cpu_times, round_row, share_trained, steal_share, time_in_bursts
 from benchmark.features.backbones import build_backbone
 from benchmark.features.weights import WeightStore
 
@@ -90,13 +90,16 @@ def test_cpu_and_gpu_rows_get_tables_of_their_own(tmp_path):
     base = {"method": "m", "label": "M", "status": "done", "precision": "float32", "threads": 2, "image_size": 448,
             "parameters_total_m": 3.0, "parameters_trainable_m": 0.0, "throughput_batch1": 5.0, "best_batch": 4,
             "throughput_best": 9.0, "peak_memory_mib": 800.0, "source": "s"}
-    for device, name, memory in (("cpu", "AMD EPYC (2 cores)", "process peak RSS"), ("cuda", "NVIDIA H100", "CUDA max allocated")):
+    for device, name, memory, steal in (("cpu", "AMD EPYC (2 cores)", "process peak RSS", 0.12),
+                                        ("cuda", "NVIDIA H100", "CUDA max allocated", 0.0)):
         folder = tmp_path / "efficiency" / "bench" / device
         folder.mkdir(parents=True)
-        (folder / "m.json").write_text(json.dumps({**base, "device": device, "device_name": name, "memory_kind": memory}))
+        (folder / "m.json").write_text(json.dumps({**base, "device": device, "device_name": name, "memory_kind": memory,
+                                                   "cpu_steal_share": steal}))
     tex = write_efficiency_tables(tmp_path, "bench", echo=lambda *_: None)[1].read_text()
     blocks = tex.split(r"\begin{tabular}")[1:]
     assert len(blocks) == 2
+    assert "CPU steal reached 12 \\%" in blocks[0] and "CPU steal" not in blocks[1]  # the busy host is named where it was
     captions = tex.split(r"\caption{")[1:]
     assert sum("NVIDIA H100" in c for c in captions) == 1 and sum("AMD EPYC" in c for c in captions) == 1
 
@@ -123,6 +126,13 @@ def test_estimate_counts_query_images_and_models_from_the_grid(tmp_path, synthet
     assert abs(table.loc["nagl_tiny", "total_hours"] - (12 * tests_per_domain / 2.0 + 4 * 60) / 3600) < 1e-12
     # normal NN: training-free, one cell per target (shared by sources), 2 settings x 3 seeds
     assert table.loc["nn_tiny", "query_images"] == 2 * 2 * 3 * tests_per_domain and table.loc["nn_tiny", "models"] == 0
+
+
+def test_cpu_steal_is_the_share_of_all_cpu_time_the_host_took_in_between():
+    assert steal_share((100, 10_000), (130, 10_200)) == pytest.approx(30 / 200)
+    assert steal_share(None, (1, 2)) is None and steal_share((5, 100), (5, 100)) is None
+    steal, total = cpu_times()  # this machine's /proc/stat: user nice system idle iowait irq softirq steal
+    assert 0 <= steal <= total and total > 0
 
 
 def test_an_unknown_key_in_an_efficiency_file_is_one_line_and_exit_2(tmp_path, capsys):

@@ -67,12 +67,15 @@ def combine(rounds: list[dict]) -> dict:
                            "calls_per_round": [r["per_batch"][size]["calls"] for r in rounds],
                            "bursts_per_round": [r["per_batch"][size]["bursts"] for r in rounds]}
     best = max(per_batch, key=lambda b: per_batch[b]["images_per_second"])
-    row = {**{k: v for k, v in first.items() if k not in ("ratio_batch1", "burst_ratios")}, "per_batch": per_batch,
+    row = {**{k: v for k, v in first.items() if k not in ("ratio_batch1", "burst_ratios", "cpu_steal_share")}, "per_batch": per_batch,
            "rounds": len(rounds), "best_batch": best,
            "throughput_batch1": per_batch[sizes[0]]["images_per_second"], "throughput_batch1_spread": per_batch[sizes[0]]["spread"],
            "throughput_best": per_batch[best]["images_per_second"], "throughput_best_spread": per_batch[best]["spread"],
            "peak_memory_mib": per_batch[best]["peak_memory_mib"], "ratio_batch1": None, "ratio_batch1_spread": None}
     row["noisy"] = bool(max(row["throughput_batch1_spread"], row["throughput_best_spread"]) > NOISY_SPREAD)
+    steals = [r.get("cpu_steal_share") for r in rounds]
+    row["cpu_steal_share"] = max(steals) if all(v is not None for v in steals) else None
+    row["cpu_steal_share_per_round"] = steals
     ratios = [r.get("ratio_batch1") for r in rounds]
     if all(ratio is not None for ratio in ratios):
         row["ratio_batch1"], row["ratio_batch1_spread"] = statistics.median(ratios), _spread(ratios)
@@ -233,13 +236,33 @@ def _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints=None
                     processes[method] = process
                     measured[method].append({**reply, **training.get(method, {}), "status": "done"})
                 sizes = {m: list(rounds[0]["per_batch"]) for m, rounds in measured.items() if round_index and m in processes}
+                before = cpu_times()
                 timings = time_in_bursts(bench, {m: p.burst for m, p in processes.items()}, sizes or None)
+                steal = steal_share(before, cpu_times())
             finally:
                 for process in processes.values():
                     process.close()
             for method, per_batch in timings.items():
-                measured[method][-1].update(round_row(per_batch, timings.get(reference)))
+                measured[method][-1].update(round_row(per_batch, timings.get(reference)), cpu_steal_share=steal)
     return measured
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) time of all CPUs since boot, from /proc/stat (Linux; None elsewhere)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already counted in user/nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before, after) -> float | None:
+    """The share of CPU time the hypervisor gave to other machines in between ("steal"): on a
+    shared virtual machine the load that no interleaving can take out of a ratio."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def rotated(items: list, by: int) -> list:
@@ -296,6 +319,7 @@ def _echo_row(row: dict, echo) -> None:
         echo(f"  {row['method']} skipped: {row['reason']}")
         return
     ratio = f", {row['ratio_batch1']:.2f}x {row['reference']}" if row.get("ratio_batch1") is not None else ""
+    steal = f", CPU steal up to {100 * row['cpu_steal_share']:.0f} %" if row.get("cpu_steal_share") is not None else ""
     echo(f"  {row['method']}: {row['throughput_batch1']:.2f} img/s at batch 1 (spread {100 * row['throughput_batch1_spread']:.0f} %"
-         f" over {row['rounds']} rounds{ratio}), {row['throughput_best']:.2f} img/s at batch {row['best_batch']}, peak"
+         f" over {row['rounds']} rounds{ratio}{steal}), {row['throughput_best']:.2f} img/s at batch {row['best_batch']}, peak"
          f" {row['peak_memory_mib']:.0f} MiB" + (f", training {row['training_seconds']:.1f} s" if row.get("training_seconds") else ""))

@@ -15,6 +15,7 @@ from benchmark.errors import GadbenchError
 from benchmark.outputs.tables import RenderedTable
 from benchmark.run.results import read_cell
 
+STEAL_NOTE = 0.02  # a table notes CPU steal (time the hypervisor gave to other machines) above this share
 COLUMNS = [("label", "Method"), ("parameters_total_m", "Params (M)"), ("parameters_trainable_m", "Trainable (M)"),
            ("training_seconds", "Training (s)"), ("throughput_batch1", "img/s @1"), ("throughput_batch1_spread", "spread @1 (%)"),
            ("ratio_batch1", "x ref @1"), ("throughput_best", "img/s best"),
@@ -37,7 +38,7 @@ def efficiency_frame(results_root: Path, name: str | None = None) -> pd.DataFram
     keep = ["method", "label", "status", "device", "device_name", "precision", "threads", "image_size",
             "parameters_total_m", "parameters_trainable_m", "training_seconds", "training_epochs", "source",
             "throughput_batch1", "throughput_batch1_spread", "ratio_batch1", "ratio_batch1_spread", "reference", "rounds",
-            "best_batch", "throughput_best", "throughput_best_spread", "noisy", "peak_memory_mib", "memory_kind",
+            "best_batch", "throughput_best", "throughput_best_spread", "noisy", "cpu_steal_share", "peak_memory_mib", "memory_kind",
             "random_weights", "overrides", "rehearsal", "reason"]
     return frame.reindex(columns=keep)
 
@@ -91,6 +92,11 @@ def write_efficiency_tables(results_root: Path, name: str, echo=print, rendered:
                 lines.append([label] + ["–"] * (len(COLUMNS) - 1))
                 continue
             lines.append([label] + [_cell(record[c], c) for c, _ in COLUMNS[1:]])
+        steal = pd.to_numeric(group["cpu_steal_share"], errors="coerce").max()
+        if steal > STEAL_NOTE:
+            notes.append(f"CPU steal reached {100 * steal:.0f} % during the timing: the host gave that share of this virtual"
+                         " machine's CPU time to others; absolute figures, and ratios between methods that suffer"
+                         " differently from it, move with such load")
         rounds = group["rounds"].dropna()
         reference = group["reference"].dropna()
         conditions = (f"{name}, {precision}, {int(threads)} torch threads; memory: {memory_kind}; throughput = batch / median"
@@ -114,7 +120,7 @@ def write_efficiency_tables(results_root: Path, name: str, echo=print, rendered:
             rf"{group.source.iloc[0].replace('_', ' ')}; random w.: random weights (timing only).}}",
             r"\begin{tabular}{l" + "r" * (len(COLUMNS) - 1) + "}", r"\toprule", header + r" \\", r"\midrule", body,
             r"\bottomrule", r"\end{tabular}",
-            *[r"\par\footnotesize " + note.replace("_", r"\_").replace("{", r"\{").replace("}", r"\}").replace("§", r"\S{}")
+            *[r"\par\footnotesize " + note.replace("_", r"\_").replace("{", r"\{").replace("}", r"\}").replace("%", r"\%").replace("§", r"\S{}")
               .replace("◊", r"$^\diamond$") for note in notes],
             r"\end{table}"]))
     write_text("\n\n".join(blocks) + "\n", tex_path)
