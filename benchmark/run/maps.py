@@ -84,8 +84,8 @@ def _axis_operators(preprocessing: Preprocessing, map_shape: tuple[int, int], or
             fill = (new_h, new_w) != (size, size)
         to_original = [blurred(m, sigma) for m in to_original]
 
-    def as32(pair):
-        return None if pair is None else tuple(np.ascontiguousarray(m, dtype=np.float32) for m in pair)
+    def as32(pair):  # torch products: numpy's BLAS threads would compete with torch's for the cores
+        return None if pair is None else tuple(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in pair)
 
     return as32(to_input), as32(to_original), fill
 
@@ -96,21 +96,21 @@ def maps_at_original(maps: torch.Tensor | np.ndarray, sizes: list[tuple[int, int
     model input after blurring there, or NaN when blurred at the original size)."""
     if blur_at not in BLUR_PLACES:
         raise ValueError(f"map_blur_at must be one of {BLUR_PLACES}, not {blur_at!r}")
-    maps = torch.as_tensor(maps).detach().float().cpu().numpy()
+    maps = torch.as_tensor(maps).detach().float().cpu()
     out, input_maxima = [], np.full(len(maps), np.nan)
     for index, (amap, size) in enumerate(zip(maps, sizes)):
-        to_input, to_original, fill = _axis_operators(preprocessing, amap.shape, tuple(size), float(sigma or 0.0), blur_at)
+        to_input, to_original, fill = _axis_operators(preprocessing, tuple(amap.shape), tuple(size), float(sigma or 0.0), blur_at)
         if to_input is not None:
             rows, columns = to_input
             amap = rows @ amap @ columns.T
         if to_original is None:  # blurred at the input: its maximum scores a method that gives no image score
-            input_maxima[index] = amap.max()
-            out.append(preprocessing.to_original(amap, tuple(size)))
+            input_maxima[index] = amap.max().item()
+            out.append(preprocessing.to_original(amap.numpy(), tuple(size)))
             continue
         # the crop's border gets the map's minimum (at the input size): minimum + A (map - minimum)
-        low = np.float32(amap.min()) if fill else np.float32(0)
+        low = amap.min() if fill else 0.0
         rows, columns = to_original
-        out.append((rows @ (amap - low) @ columns.T + low).astype(np.float32, copy=False))
+        out.append((rows @ (amap - low) @ columns.T + low).numpy())
     return out, input_maxima
 
 
