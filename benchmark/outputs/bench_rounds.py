@@ -258,8 +258,8 @@ def cpu_times() -> tuple[int, int] | None:
 
 
 def steal_share(before, after) -> float | None:
-    """The share of CPU time the hypervisor gave to other machines in between ("steal"): on a
-    shared virtual machine the load that no interleaving can take out of a ratio."""
+    """The share of CPU time the hypervisor gave to other machines in between ("steal"): load from
+    outside that can fall unequally on methods, which interleaving does not take out of a ratio."""
     if before is None or after is None or after[1] <= before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])

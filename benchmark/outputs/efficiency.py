@@ -127,9 +127,10 @@ def timed_calls(call, warmup: int, min_calls: int, min_seconds: float, sync=lamb
 
 
 class MethodUnderTest:
-    """What one bench process holds between bursts: the method trained (or loaded from what an
-    earlier round trained in `workdir`), its references set, and decoded query batches, built
-    under the bench's conditions. `skipped` says why not when its weights are not here."""
+    """What one bench process holds between bursts: the method trained (or loaded from what the
+    bench's training process trained in `workdir`), its references set, and decoded query
+    batches, built under the bench's conditions. `skipped` says why not when its weights are not
+    here."""
 
     def __init__(self, bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str,
                  train_only: bool = False):
