@@ -57,7 +57,9 @@ def paste_matrix(length_in: int, length_out: int, offset: int) -> np.ndarray:
     return matrix
 
 
-@lru_cache(maxsize=512)
+# one entry per (geometry, map shape, original size): data sets of mixed image sizes build a few
+# matrices per size (milliseconds); the largest, [H, input size] per axis, are ~2 MB at 1024 x 448
+@lru_cache(maxsize=128)
 def _axis_operators(preprocessing: Preprocessing, map_shape: tuple[int, int], original: tuple[int, int], sigma: float,
                     blur_at: str):
     """Float32 (rows, columns) matrices: (map -> model input, or None) and, when blurring at the
