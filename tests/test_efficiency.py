@@ -128,15 +128,6 @@ def test_estimate_counts_query_images_and_models_from_the_grid(tmp_path, synthet
     assert table.loc["nn_tiny", "query_images"] == 2 * 2 * 3 * tests_per_domain and table.loc["nn_tiny", "models"] == 0
 
 
-def test_a_bench_with_no_bursts_is_one_line_and_exit_2(tmp_path, capsys):
-    path = tmp_path / "bad.yaml"
-    path.write_text("name: x\nsource: a\ntarget: b\nmethods: [normal_nn_lite0]\nbursts: 0\n")
-    assert main(["bench", "-e", str(path), "--results", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "bad.yaml: bursts must be a whole number of at least 1, not 0" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "r").exists()
-
-
 def test_cpu_steal_is_the_share_of_all_cpu_time_the_host_took_in_between():
     assert steal_share((100, 10_000), (130, 10_200)) == pytest.approx(30 / 200)
     assert steal_share(None, (1, 2)) is None and steal_share((5, 100), (5, 100)) is None
@@ -144,12 +135,15 @@ def test_cpu_steal_is_the_share_of_all_cpu_time_the_host_took_in_between():
     assert 0 <= steal <= total and total > 0
 
 
-def test_an_unknown_key_in_an_efficiency_file_is_one_line_and_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize("line, message", [
+    ("batch_size: [1]", "bad.yaml: unknown key 'batch_size'; did you mean 'batch_sizes'"),
+    ("bursts: 0", "bad.yaml: bursts must be a whole number of at least 1, not 0")])
+def test_a_bad_efficiency_file_is_one_line_and_exit_2(tmp_path, capsys, line, message):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\nsource: a\ntarget: b\nmethods: [normal_nn_lite0]\nbatch_size: [1]\n")
+    path.write_text(f"name: x\nsource: a\ntarget: b\nmethods: [normal_nn_lite0]\n{line}\n")
     assert main(["bench", "-e", str(path), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "bad.yaml: unknown key 'batch_size'; did you mean 'batch_sizes'" in err and len(err.splitlines()) == 1
+    assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
 
