@@ -196,55 +196,67 @@ def _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints=None
     process has trained (training leaves a process's memory allocator in another state, which
     made a method's first-round calls up to 40 % faster than its later ones). A method skipped
     (missing weights) is not measured again."""
+    measured = {method: [] for _, _, method in todo}
+    with tempfile.TemporaryDirectory(prefix="gadbench-bench-") as work:
+        context = _fresh_process_context()
+        arguments = {method: (bench, entry, str(device), weights_dir, str(Path(work) / method)) for _, entry, method in todo}
+        training = _train(bench, todo, context, arguments, measured, name, echo, share_checkpoints)
+        for round_index in range(int(bench["rounds"])):
+            _round(bench, todo, context, arguments, measured, training, round_index, name, echo, reference)
+    return measured
+
+
+def _train(bench, todo, context, arguments, measured, name, echo, share_checkpoints) -> dict[str, dict]:
+    """Train each method that trains, in a process of its own; {method: its training figures}.
+    A method whose weights are missing gets its "skipped" row in `measured`."""
     from benchmark import registry
     from benchmark.run.experiment import load_method
 
-    measured = {method: [] for _, _, method in todo}
     training = {}
-    with tempfile.TemporaryDirectory(prefix="gadbench-bench-") as work:
-        context = _fresh_process_context()
-        for _, entry, method in todo:
-            if not registry.resolve(load_method(entry["method"], bench["path"]).adapter).trains_on_source:
+    for _, entry, method in todo:
+        if not registry.resolve(load_method(entry["method"], bench["path"]).adapter).trains_on_source:
+            continue
+        echo(f"{method}: training on {name} ...")
+        process = BenchProcess(context, method, (*arguments[method], True))
+        try:
+            reply = process.receive()
+        finally:
+            process.close()
+        if reply["status"] != "ready":
+            measured[method].append(reply)
+            continue
+        training[method] = {key: reply.get(key) for key in ("training_seconds", "training_epochs")}
+        if share_checkpoints is not None and not entry.get("config") and not entry.get("random_weights"):
+            for copy in share_trained(Path(arguments[method][-1]), Path(share_checkpoints) / method / bench["source"]):
+                echo(f"  shared its checkpoint: {copy}")
+    return training
+
+
+def _round(bench, todo, context, arguments, measured, training, round_index, name, echo, reference) -> None:
+    """One round: a fresh process per method, then its bursts; appends each method's row."""
+    processes = {}
+    try:
+        for _, _, method in todo:
+            if measured[method] and measured[method][0]["status"] != "done":
                 continue
-            echo(f"{method}: training on {name} ...")
-            process = BenchProcess(context, method, (bench, entry, str(device), weights_dir, str(Path(work) / method), True))
-            try:
-                reply = process.receive()
-            finally:
-                process.close()
+            echo(f"{method}: round {round_index + 1}/{bench['rounds']} on {name} ...")
+            process = BenchProcess(context, method, arguments[method])
+            reply = process.receive()
             if reply["status"] != "ready":
+                process.close()
                 measured[method].append(reply)
                 continue
-            training[method] = {key: reply.get(key) for key in ("training_seconds", "training_epochs")}
-            if share_checkpoints is not None and not entry.get("config") and not entry.get("random_weights"):
-                for copy in share_trained(Path(work) / method, Path(share_checkpoints) / method / bench["source"]):
-                    echo(f"  shared its checkpoint: {copy}")
-        for round_index in range(int(bench["rounds"])):
-            processes = {}
-            try:
-                for _, entry, method in todo:
-                    previous = measured[method]
-                    if previous and previous[0]["status"] != "done":
-                        continue
-                    echo(f"{method}: round {round_index + 1}/{bench['rounds']} on {name} ...")
-                    process = BenchProcess(context, method, (bench, entry, str(device), weights_dir, str(Path(work) / method)))
-                    reply = process.receive()
-                    if reply["status"] != "ready":
-                        process.close()
-                        measured[method].append(reply)
-                        continue
-                    processes[method] = process
-                    measured[method].append({**reply, **training.get(method, {}), "status": "done"})
-                sizes = {m: list(rounds[0]["per_batch"]) for m, rounds in measured.items() if round_index and m in processes}
-                before = cpu_times()
-                timings = time_in_bursts(bench, {m: p.burst for m, p in processes.items()}, sizes or None)
-                steal = steal_share(before, cpu_times())
-            finally:
-                for process in processes.values():
-                    process.close()
-            for method, per_batch in timings.items():
-                measured[method][-1].update(round_row(per_batch, timings.get(reference)), cpu_steal_share=steal)
-    return measured
+            processes[method] = process
+            measured[method].append({**reply, **training.get(method, {}), "status": "done"})
+        sizes = {m: list(measured[m][0]["per_batch"]) for m in processes} if round_index else None
+        before = cpu_times()
+        timings = time_in_bursts(bench, {m: p.burst for m, p in processes.items()}, sizes or None)
+        steal = steal_share(before, cpu_times())
+    finally:
+        for process in processes.values():
+            process.close()
+    for method, per_batch in timings.items():
+        measured[method][-1].update(round_row(per_batch, timings.get(reference)), cpu_steal_share=steal)
 
 
 def cpu_times() -> tuple[int, int] | None:

@@ -232,18 +232,23 @@ class MethodUnderTest:
         return {"began": began, "calls": calls, "peak_memory_mib": self.peaks[size] / 2**20}
 
 
+def _error_reply(error: Exception) -> dict:
+    import traceback
+
+    return {"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+
+
 def serve(connection, bench: dict, entry: dict, device_string: str, weights_dir: str | None, workdir: str,
           train_only: bool = False) -> None:
     """A bench process: build the method (training it, or loading what was trained in
     `workdir`), answer with its row ("ready", or "skipped" for missing weights, or "error"), then
     time one burst per request (size, warmup, min_calls, min_seconds) until it receives None.
-    With `train_only` it answers once trained, and ends."""
-    import traceback
-
+    With `train_only` it answers once trained, and ends. An error is answered, not raised: the
+    bench stops with it."""
     try:
         method = MethodUnderTest(bench, entry, device_string, weights_dir, workdir, train_only)
-    except Exception as error:  # reported by the bench, which stops with it
-        connection.send({"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+    except Exception as error:
+        connection.send(_error_reply(error))
         return
     if method.skipped:
         connection.send({**method.row, "status": "skipped", "reason": method.skipped})
@@ -255,5 +260,5 @@ def serve(connection, bench: dict, entry: dict, device_string: str, weights_dir:
         try:
             connection.send(method.burst(*request))
         except Exception as error:
-            connection.send({"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+            connection.send(_error_reply(error))
             return

@@ -8,14 +8,12 @@ largest difference between the two. Run:
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from alternate import alternate  # tools/timing/alternate.py, beside this script
 from benchmark.data.preprocessing import Preprocessing
 from benchmark.run.maps import maps_at_original
 
@@ -45,13 +43,7 @@ def main() -> None:
         maps = np.random.default_rng(0).random((8, side, side), dtype=np.float32)
         functions = {"one step at a time": lambda: one_step_at_a_time(maps, size, preprocessing, 4.0, blur_at),
                      "per-axis matrices": lambda: maps_at_original(maps, [size] * 8, preprocessing, 4.0, blur_at)[0]}
-        seconds = {name: [] for name in functions}
-        for _ in range(7):
-            for name, function in functions.items():
-                start = time.perf_counter()
-                function()
-                seconds[name].append(time.perf_counter() - start)
-        old, new = (statistics.median(seconds[name]) for name in functions)
+        old, new = alternate(functions).values()
         difference = max(float(np.abs(a - b).max()) for a, b in zip(*(f() for f in functions.values())))
         print(f"{what}, blur at the {blur_at}: one step at a time {old * 1e3:6.1f} ms, per-axis matrices {new * 1e3:6.1f} ms"
               f" for 8 maps, {old / new:4.1f}x; largest difference {difference:.1e} (maps in [0, 1])")

@@ -9,12 +9,10 @@ torch.cdist and topk (indices identical, distances equal to float rounding). Run
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
+from alternate import alternate  # tools/timing/alternate.py, beside this script
 from baselines.patchcore_model import nearest_distances
 from nagl.similarity import max_cosine
 
@@ -37,41 +35,31 @@ def cdist_topk(rows: torch.Tensor, bank: torch.Tensor, k: int):
     return torch.cdist(rows, bank).topk(k, dim=1, largest=False)
 
 
-def alternate(functions: dict, *args, repeats: int = 7) -> dict[str, float]:
-    seconds = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function(*args)
-            seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}
-
-
 def main() -> None:
     torch.manual_seed(0)
     print(f"{torch.get_num_threads()} torch threads")
     for what, n, m, c in SIZES:
         rows, bank = torch.relu(torch.randn(n, c)), torch.relu(torch.randn(m, c))
-        seconds = {"one product": [], "max_cosine": []}
-        for _ in range(7):
-            for name, function in (("one product", one_product), ("max_cosine", max_cosine)):
-                start = time.perf_counter()
-                function(rows, bank)
-                seconds[name].append(time.perf_counter() - start)
+        seconds = alternate({"one product": one_product, "max_cosine": max_cosine}, rows, bank)
         reference, blocked = one_product(rows, bank), max_cosine(rows, bank)
         same = torch.equal(reference.values, blocked[0]) and torch.equal(reference.indices, blocked[1])
-        one, ours = (statistics.median(seconds[k]) for k in ("one product", "max_cosine"))
+        one, ours = seconds["one product"], seconds["max_cosine"]
         print(f"{what}: {n} x {m} x {c}: one product {one * 1e3:6.0f} ms, max_cosine {ours * 1e3:6.0f} ms,"
               f" {one / ours:4.2f}x; values and indices {'identical' if same else 'DIFFER'}")
     for what, n, m, c, k in L2_SIZES:
         rows, bank = torch.relu(torch.randn(n, c)), torch.relu(torch.randn(m, c))
         seconds = alternate({"cdist": cdist_topk, "blocked": nearest_distances}, rows, bank, k)
         reference, blocked = cdist_topk(rows, bank, k), nearest_distances(rows, bank, k)
-        same = torch.equal(reference.indices, blocked[1])
         error = (reference.values - blocked[0]).abs().max().item()
+        if torch.equal(reference.indices, blocked[1]):
+            same = "identical"
+        elif torch.equal(torch.cdist(rows, bank).gather(1, blocked[1]), reference.values):
+            same = "the same up to the order of exactly tied distances"
+        else:
+            same = "DIFFER"
         print(f"{what}: {n} x {m} x {c}: cdist + topk {seconds['cdist'] * 1e3:6.0f} ms, nearest_distances"
               f" {seconds['blocked'] * 1e3:6.0f} ms, {seconds['cdist'] / seconds['blocked']:4.2f}x; indices"
-              f" {'identical' if same else 'DIFFER'}, largest distance difference {error:.1e}")
+              f" {same}, largest distance difference {error:.1e}")
 
 
 if __name__ == "__main__":
