@@ -25,17 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from baselines.clip_adapter import ClipAdapter
 from baselines.clip_models import BlockTokens, load_clip
 from baselines.inctrl_model import BATCH_LAYOUTS, InCTRLHeads, batch_layout, patch_residual_map, text_prior
-from baselines.winclip import OPENAI_MEAN, OPENAI_STD
-from benchmark.adapter import NORMAL, Domain, ImageBatch, Prediction, ReferenceSet
-from benchmark.bases import TrainedAdapter
-from benchmark.data.class_names import class_name
-from benchmark.errors import GadbenchError
-from benchmark.data.images import load_image
-from benchmark.data.preprocessing import Preprocessing
-from benchmark.run.training import resumable_epochs
-from benchmark.features.weights import RANDOM, WeightFile
+from benchmark.api import (NORMAL, GadbenchError, ImageBatch, Prediction, ReferenceSet, TrainedAdapter, TrainingData,
+                           resumable_epochs)
 
 NORMAL_STATES = ["{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect", "{} without damage"]
 ANOMALOUS_STATES = ["damaged {}", "{} with flaw", "{} with defect", "{} with damage"]
@@ -65,8 +59,10 @@ def focal_loss(scores: torch.Tensor, labels: torch.Tensor, focal_input: str, gam
     return ((1 - torch.exp(-bce)) ** gamma * bce).mean()
 
 
-class InCTRLAdapter(TrainedAdapter):
+class InCTRLAdapter(TrainedAdapter, ClipAdapter):
     name = "inctrl"
+    weights_name = "inctrl_clip"
+    training_keys = TRAINING_KEYS
     supports = (NORMAL,)
     model_per_k = True
     pixel_level = False
@@ -93,7 +89,6 @@ class InCTRLAdapter(TrainedAdapter):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         if self.config["training"]["focal_input"] not in ("code", "probabilities"):
             raise GadbenchError("inctrl: training.focal_input must be 'code' or 'probabilities'")
         if self.config["batch_layout"] not in BATCH_LAYOUTS:
@@ -101,13 +96,6 @@ class InCTRLAdapter(TrainedAdapter):
         self._clip, self._sha256, self._text, self._encoded = None, None, {}, {}
         self.heads: InCTRLHeads | None = None
         self.training_seed = self.config["training"]["seed"]
-
-    def required_weights(self) -> list[WeightFile]:
-        return [] if self.config["allow_random_weights"] else [WeightFile.from_config("inctrl_clip", self.config["weights"])]
-
-    def preprocessing(self) -> Preprocessing:
-        size = self.config["image_size"]
-        return Preprocessing(size=size, resize="shorter", resize_to=size, interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD)
 
     # ------------------------------------------------------------------ frozen CLIP
     @property
@@ -121,9 +109,7 @@ class InCTRLAdapter(TrainedAdapter):
                 model, sha256 = load_clip(self.config["clip_model"], weight, self.context.weights, self.config["clip_model_config"])
                 return model.to(self.context.device), sha256, {}
 
-            key = ("inctrl-clip", self.config["clip_model"], self.config["clip_model_config"],
-                   weight.file if weight else None, str(self.context.device))
-            self._clip, self._sha256, self._text = self.context.features.frozen_model(key, build)
+            self._clip, self._sha256, self._text = self.shared_model(build)
         return self._clip
 
     @torch.no_grad()
@@ -141,7 +127,7 @@ class InCTRLAdapter(TrainedAdapter):
 
     @torch.no_grad()
     def text_features(self, category: str) -> torch.Tensor:
-        name = class_name(category, self.config["class_names"])
+        name = self.prompt_name(category)
         self.clip  # the text features are shared with the model
         if name not in self._text:
             import open_clip
@@ -155,21 +141,22 @@ class InCTRLAdapter(TrainedAdapter):
         return self._text[name]
 
     # ------------------------------------------------------------------ training
-    def _encoded_image(self, path: str):
+    def _encoded_image(self, path: str, source: TrainingData):
         if path not in self._encoded:
-            image = self.preprocessing().image(load_image(path))[None]
+            image = self.preprocessing().image(source.image(path))[None]
             embedding, blocks = self.encode(image)
             if len(self._encoded) >= self.config["feature_cache_images"]:
                 self._encoded.pop(next(iter(self._encoded)))
             self._encoded[path] = (embedding[0].cpu(), [b[0].cpu() for b in blocks])
         return self._encoded[path]
 
-    def _scores(self, heads: InCTRLHeads, query_paths: list[str], reference_paths: list[list[str]], categories: list[str]):
+    def _scores(self, heads: InCTRLHeads, query_paths: list[str], reference_paths: list[list[str]], categories: list[str],
+                source: TrainingData):
         """Training forward on cached CLIP outputs; reference_paths[i] holds query i's k references."""
-        queries = [self._encoded_image(p) for p in query_paths]
+        queries = [self._encoded_image(p, source) for p in query_paths]
         shot = len(reference_paths[0])
         # shot-major, as the code's `inputs[1:]`: reference s of query i at s * B + i
-        references = [self._encoded_image(refs[s]) for s in range(shot) for refs in reference_paths]
+        references = [self._encoded_image(refs[s], source) for s in range(shot) for refs in reference_paths]
         return self._heads_on(heads, torch.stack([q[0] for q in queries]),
                               [torch.stack([q[1][b] for q in queries]) for b in range(len(self.config["blocks"]))],
                               torch.stack([r[0] for r in references]),
@@ -187,11 +174,12 @@ class InCTRLAdapter(TrainedAdapter):
         prior = torch.stack([text_prior(e[None], self.text_features(c))[0] for e, c in zip(embeddings, categories)])
         return heads(embeddings, reference_embeddings, patch_residual_map(queries, references), prior)
 
-    # ------------------------------------------------------------------ training (bases.TrainedAdapter)
+    # ------------------------------------------------------------------ training (api.TrainedAdapter)
     def checkpoint_identity(self, setting) -> dict:
-        return {"config": self.config, "k": setting.k_normal}
+        self.clip  # the weights' sha256 is known once the model is built
+        return {"config": self.config, "k": setting.k_normal, "weights": self._sha256}
 
-    def train(self, source: Domain, setting, target: Domain | None, folder: Path, digest: str) -> dict:
+    def train(self, source: TrainingData, setting, target: TrainingData | None, folder: Path, digest: str) -> dict:
         k, training, table = setting.k_normal, self.config["training"], source.table
         normals = table[table.label == 0]
         anomalies = table[(table.split == "test") & (table.label == 1)]
@@ -217,7 +205,7 @@ class InCTRLAdapter(TrainedAdapter):
                     pool = [p for p in pools[row.category] if p != row.path]  # never the query itself
                     references.append([pool[i] for i in rng.choice(len(pool), size=k, replace=False)])
                 labels = torch.tensor([float(r.label) for r in picks], device=self.context.device)
-                out = self._scores(heads, [r.path for r in picks], references, [r.category for r in picks])
+                out = self._scores(heads, [r.path for r in picks], references, [r.category for r in picks], source)
                 loss = focal_loss(out["final"], labels, training["focal_input"]) + \
                     focal_loss(out["image_residual_score"], labels, training["focal_input"])
                 optimizer.zero_grad()
@@ -248,7 +236,7 @@ class InCTRLAdapter(TrainedAdapter):
     @torch.no_grad()
     def predict(self, batch: ImageBatch) -> Prediction:
         if self.heads is None:
-            raise GadbenchError("inctrl: predict before fit_source; the runner trains (or loads) the heads first")
+            raise GadbenchError("inctrl: predict before training; the harness trains (or loads) the heads first")
         embeddings, blocks = self.encode(batch.images)
         shot, size = len(self.reference_embeddings), len(batch)
         # every query of a batch shares the category's references (shot-major, as the code's test path)
@@ -257,10 +245,6 @@ class InCTRLAdapter(TrainedAdapter):
         return Prediction(out["final"].cpu().numpy().astype(np.float64), None)
 
     def describe(self) -> dict:
-        clip_parameters = sum(p.numel() for p in self.clip.parameters())
         trainable = sum(p.numel() for p in (self.heads or self._new_heads()).parameters())
-        return {"name": self.name, "backbone": self.config["clip_model"], "weights_sha256": self._sha256,
-                "random_weights": self._sha256 == RANDOM, "parameters_total": clip_parameters + trainable,
-                "parameters_trainable": trainable, "pixel_level": False, **self.training_summary(),
-                "focal_input": self.config["training"]["focal_input"], "batch_layout": self.config["batch_layout"],
-                "class_names": self.config["class_names"], "preprocessing": self.preprocessing().describe()}
+        return {**self.describe_clip(self.clip, self._sha256, trainable), "pixel_level": False, **self.training_summary(),
+                "focal_input": self.config["training"]["focal_input"], "batch_layout": self.config["batch_layout"]}

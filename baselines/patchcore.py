@@ -21,9 +21,7 @@ import torch
 from baselines.patchcore_model import (approximate_greedy_indices, concat_embedding, coreset_size, flatten_patches,
                                        kcenter_greedy, mean_knn_score, nearest_distances, official_embedding,
                                        reweighted_image_scores)
-from benchmark.adapter import NORMAL, ImageBatch, Prediction, ReferenceSet
-from benchmark.bases import FeatureAdapter
-from benchmark.errors import GadbenchError
+from benchmark.api import NORMAL, FeatureAdapter, GadbenchError, ImageBatch, Prediction, ReferenceSet
 
 CHOICES = {"feature_aggregation": ("official", "concat"), "coreset_sampler": ("official-approximate", "anomalib"),
            "distance": ("squared_l2", "l2"), "image_score": ("max", "reweighted")}

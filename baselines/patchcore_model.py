@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from nagl.similarity import row_chunk
+from benchmark.features.similarity import row_chunk
 
 
 def concat_embedding(levels: list[torch.Tensor], neighbourhood: int) -> torch.Tensor:

@@ -33,12 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from baselines.resad_model import FlowSchedule, ResADModel, constraint_loss, squared_residuals, train_flows
-from benchmark.adapter import NORMAL, Domain, ImageBatch, Prediction, ReferenceSet
-from benchmark.bases import FeatureAdapter, TrainedAdapter
-from benchmark.data.batches import load_batch
-from benchmark.errors import GadbenchError
-from benchmark.data.images import load_mask
-from benchmark.run.training import resumable_epochs
+from benchmark.api import (NORMAL, FeatureAdapter, GadbenchError, ImageBatch, Prediction, ReferenceSet, TrainedAdapter,
+                           TrainingData, resumable_epochs)
 
 # in the checkpoint identity; 2: initial weights from the training seed; 3: the code's constraintor
 # loss, per-chunk flow steps and stage-2 flow loss; 4: FrEIA's permutations from the training seed
@@ -56,6 +52,7 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
     supports = (NORMAL,)
     map_blur_at = "input"  # its normality map at 224, blurred there; image score = the blurred map's max
     size_key = "image_size"
+    training_keys = TRAINING_KEYS
     default_config = {
         "backbone": "wide_resnet50_2_timm",
         "layers": [1, 2, 3],
@@ -80,7 +77,6 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         self.model: ResADModel | None = None
         self._masks: dict[str, torch.Tensor] = {}
         self.training_seed = self.config["training"]["seed"]
@@ -91,31 +87,31 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
     def levels(self, batch: ImageBatch) -> list[torch.Tensor]:
         return self.context.features.extract_layers(self.backbone, batch)
 
-    def _batch(self, rows: pd.DataFrame, mask_threshold: int) -> tuple[ImageBatch, torch.Tensor]:
+    def _batch(self, rows: pd.DataFrame, source: TrainingData) -> tuple[ImageBatch, torch.Tensor]:
         """Images (decoded only on a feature-cache miss) and their model-space masks, which are
         kept for the adapter's life: training reads every mask once per epoch."""
         preprocessing = self.preprocessing()
-        batch = load_batch(rows, preprocessing)
+        batch = source.batch(rows, preprocessing)
         for record, size in zip(batch.samples, batch.original_sizes):
             if record["path"] not in self._masks:
-                self._masks[record["path"]] = preprocessing.mask(load_mask(record.get("mask"), size, mask_threshold))
+                self._masks[record["path"]] = source.mask(record, size, preprocessing)
         return batch, torch.stack([self._masks[r["path"]] for r in batch.samples])
 
     def _new_model(self, channels: list[int], for_loading: bool = False) -> ResADModel:
         return ResADModel(channels, self.config["coupling_layers"], self.config["clamp"], self.config["position_dim"],
                           for_loading=for_loading)
 
-    # ------------------------------------------------------------------ training (bases.TrainedAdapter)
+    # ------------------------------------------------------------------ training (api.TrainedAdapter)
     def checkpoint_identity(self, setting) -> dict:
         return {"config": {k: v for k, v in self.config.items() if k not in ("blur_sigma", "map_align_corners")},
                 "weights": self.backbone.weights_sha256}
 
-    def train(self, source: Domain, setting, target: Domain | None, folder: Path, digest: str) -> dict:
+    def train(self, source: TrainingData, setting, target: TrainingData | None, folder: Path, digest: str) -> dict:
         training, table = self.config["training"], source.table
         normals = table[(table.split == "train") & (table.label == 0)]
         if normals.empty:
             raise GadbenchError(f"resad: source {source.name!r} has no train/good images")
-        channels = self._channels(table, source.mask_threshold)
+        channels = self._channels(table, source)
         # the initial weights come from the training seed alone: torch's RNG for the layers, and
         # numpy's global RNG, from which FrEIA draws its soft permutations (scipy's
         # special_ortho_group); the caller's numpy state is restored afterwards
@@ -141,7 +137,7 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
             losses = []
             for start in range(0, max(1, len(order) - training["batch_size"] + 1), training["batch_size"]):  # drop_last, as the code
                 rows = images.iloc[order[start:start + training["batch_size"]]]
-                losses.append(self._train_step(model, rows, pools, source.mask_threshold, rng, *optimizers, schedule, first_stage))
+                losses.append(self._train_step(model, rows, pools, source, rng, *optimizers, schedule, first_stage))
             for scheduler in schedulers:
                 scheduler.step()
             return float(np.mean(losses))
@@ -151,8 +147,8 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
         history, _ = resumable_epochs(folder, digest, training["epochs"], stateful, rng, run_epoch)
         return {"state_dict": model.state_dict(), "history": history}
 
-    def _channels(self, table: pd.DataFrame, mask_threshold: int) -> list[int]:
-        return [level.shape[1] for level in self.levels(self._batch(table.iloc[:1], mask_threshold)[0])]
+    def _channels(self, table: pd.DataFrame, source: TrainingData) -> list[int]:
+        return [level.shape[1] for level in self.levels(self._batch(table.iloc[:1], source)[0])]
 
     def load(self, state: dict) -> None:
         channels = [state["state_dict"][f"constraintor.{i}.conv.weight"].shape[0]
@@ -168,10 +164,10 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
                             boundary_margin=training["boundary_margin"], push_pull_weight=training["push_pull_weight"],
                             margin=training["margin"])
 
-    def _train_step(self, model, rows, pools, mask_threshold, rng, constraint_optimizer, flow_optimizer, schedule,
+    def _train_step(self, model, rows, pools, source, rng, constraint_optimizer, flow_optimizer, schedule,
                     first_stage) -> float:
         training = self.config["training"]
-        batch, masks = self._batch(rows, mask_threshold)
+        batch, masks = self._batch(rows, source)
         features = self.levels(batch)
         residuals = [torch.empty_like(level) for level in features]
         for category in rows.category.unique():  # each image against references of its own category
@@ -182,7 +178,7 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
                 raise GadbenchError(f"resad: category {category!r} needs train/good images besides the batch's")
             picks = [pool[i] for i in rng.choice(len(pool), size=min(training["train_reference_shot"], len(pool)), replace=False)]
             reference_rows = pd.DataFrame([{"path": p, "mask": None} for p in picks])
-            bank = [level.permute(0, 2, 3, 1).reshape(-1, level.shape[1]) for level in self.levels(self._batch(reference_rows, mask_threshold)[0])]
+            bank = [level.permute(0, 2, 3, 1).reshape(-1, level.shape[1]) for level in self.levels(self._batch(reference_rows, source)[0])]
             for level, value in enumerate(squared_residuals([f[index] for f in features], bank)):
                 residuals[level][index] = value
         embedded = model.constrain(residuals)
@@ -214,7 +210,7 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
 
     def predict(self, batch: ImageBatch) -> Prediction:
         if self.model is None:
-            raise GadbenchError("resad: predict before fit_source; the runner trains (or loads) the model first")
+            raise GadbenchError("resad: predict before training; the harness trains (or loads) the model first")
         return Prediction(None, self.anomaly_maps(batch))  # image score: the blurred map's max (benchmark/run/maps.py)
 
     def trainable_parameters(self) -> int | None:

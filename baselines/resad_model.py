@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nagl.similarity import max_cosine
+from benchmark.features.similarity import max_cosine
 
 GAUSSIAN_CONSTANT = -0.9189385332046727  # ln(1 / sqrt(2 pi))
 
@@ -152,7 +152,7 @@ class FlowSchedule:
             self.boundaries[level] = self.boundaries[level] * self.momentum + (1 - self.momentum) * value
 
 
-    # the boundaries are training state: saved and restored with the epochs (benchmark/run/training.py)
+    # the boundaries are training state: saved and restored with the epochs (benchmark/api/training.py)
     def state_dict(self) -> dict:
         return {"boundaries": [torch.as_tensor(b) for b in self.boundaries]}
 

@@ -10,7 +10,7 @@ maps, image score = (text score + max reference score) / 2: all as anomalib impl
   - text embeddings are computed once per class name and reused across settings and seeds;
   - `class_names: readable` (configs/class_names.yaml, e.g. pcb1 -> printed circuit board);
     anomalib prompts with the category string as it is (`class_names: raw`);
-  - the 240 x 240 map is resized back onto the original image (benchmark.data.preprocessing.to_original);
+  - the 240 x 240 map is resized back onto the original image (benchmark.api.preprocessing.to_original);
   - `resize: crop` (shorter side 240, centre crop) instead of anomalib's squash: the same on
     square images, but it drops a third of a VisA image's width (pasted back as the map's minimum).
 """
@@ -23,15 +23,12 @@ from unittest import mock
 import numpy as np
 import torch
 
+from baselines.clip_adapter import OPENAI_MEAN, OPENAI_STD, ClipAdapter
 from baselines.clip_models import clip_state_dict, register_model_config
-from benchmark.adapter import NORMAL, Adapter, ImageBatch, Prediction, ReferenceSet
-from benchmark.data.class_names import class_name
-from benchmark.errors import GadbenchError
-from benchmark.data.preprocessing import Preprocessing
-from benchmark.features.weights import RANDOM, WeightFile, fixed_random_init
+from benchmark.api import NORMAL, GadbenchError, ImageBatch, Prediction, ReferenceSet
+from benchmark.features.weights import RANDOM, fixed_random_init
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["OPENAI_MEAN", "OPENAI_STD", "WinCLIPAdapter"]
 
 
 @contextlib.contextmanager
@@ -45,8 +42,9 @@ def _winclip_module(clip_model: str):
         yield winclip_torch_model
 
 
-class WinCLIPAdapter(Adapter):
+class WinCLIPAdapter(ClipAdapter):
     name = "winclip"
+    weights_name = "winclip_clip"
     supports = (NORMAL,)
     map_blur_at = "input"  # a 240 x 240 map (anomalib's); blur_sigma 0: anomalib does not blur it
     default_config = {
@@ -72,27 +70,17 @@ class WinCLIPAdapter(Adapter):
         self._weights_sha256 = None
         self._text_embeddings: dict[str, torch.Tensor] = {}
 
-    def required_weights(self) -> list[WeightFile]:
-        if self.config["allow_random_weights"]:
-            return []
-        return [WeightFile.from_config("winclip_clip", self.config["weights"])]
-
-    def preprocessing(self) -> Preprocessing:
-        size = self.config["image_size"]
+    def geometry(self) -> dict:
         if self.config["resize"] not in ("squash", "crop"):
             raise GadbenchError(f"winclip: resize must be squash or crop, not {self.config['resize']!r}")
-        geometry = {"resize": "squash"} if self.config["resize"] == "squash" else {"resize": "shorter", "resize_to": size}
-        return Preprocessing(size=size, interpolation="bicubic", mean=OPENAI_MEAN, std=OPENAI_STD, **geometry)
+        return {"resize": "squash"} if self.config["resize"] == "squash" else super().geometry()
 
     @property
     def model(self):
         """anomalib's WinClipModel, built once per process for this architecture and weights file
         and shared by every cell (each sets its own references and text before predicting)."""
         if self._model is None:
-            weights = None if self.config["allow_random_weights"] else self.config["weights"]["file"]
-            key = ("winclip", self.config["clip_model"], self.config["clip_model_config"], tuple(self.config["scales"]),
-                   weights, str(self.context.device))
-            self._model, self._weights_sha256, self._text_embeddings = self.context.features.frozen_model(key, self._build)
+            self._model, self._weights_sha256, self._text_embeddings = self.shared_model(self._build, tuple(self.config["scales"]))
         return self._model
 
     def _build(self):
@@ -117,7 +105,7 @@ class WinCLIPAdapter(Adapter):
     @torch.no_grad()
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
         model = self.model
-        text = self.text_embeddings(class_name(category, self.config["class_names"]))
+        text = self.text_embeddings(self.prompt_name(category))
         # setup() with no class name collects only the visual (reference) embeddings; the text
         # embeddings of this class were computed once and are put back in place
         model.class_name = None
@@ -130,8 +118,4 @@ class WinCLIPAdapter(Adapter):
         return Prediction(output.pred_score.float().cpu().numpy().astype(np.float64), output.anomaly_map.float())
 
     def describe(self) -> dict:
-        model = self.model
-        total = sum(p.numel() for p in model.clip.parameters())
-        return {"name": self.name, "backbone": self.config["clip_model"], "weights_sha256": self._weights_sha256,
-                "random_weights": self._weights_sha256 == RANDOM, "parameters_total": total, "parameters_trainable": 0,
-                "scales": list(self.config["scales"]), "class_names": self.config["class_names"], "preprocessing": self.preprocessing().describe()}
+        return {**self.describe_clip(self.model.clip, self._weights_sha256, 0), "scales": list(self.config["scales"])}

@@ -11,15 +11,15 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from benchmark.adapter import Adapter
+from benchmark.api import Adapter
 from benchmark.errors import GadbenchError, closest
 
 ADAPTERS: dict[str, str] = {
-    "normal_nn": "baselines.normal_nn:NormalNNAdapter",
+    "normal_nn": "nagl.normal_nn:NormalNNAdapter",
     "patchcore": "baselines.patchcore:PatchCoreAdapter",
     "winclip": "baselines.winclip:WinCLIPAdapter",
     "nagl": "nagl.adapter:NAGLAdapter",
-    "nn_ablation": "baselines.nn_ablation:NNAblationAdapter",
+    "nn_ablation": "nagl.ablation:NNAblationAdapter",
     "inctrl": "baselines.inctrl:InCTRLAdapter",
     "resad": "baselines.resad:ResADAdapter",
 }

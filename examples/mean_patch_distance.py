@@ -10,8 +10,7 @@ Training-free, normal references only. Run it without touching the package:
 
 import torch
 
-from benchmark.adapter import NORMAL, Prediction
-from benchmark.bases import FeatureAdapter
+from benchmark.api import NORMAL, FeatureAdapter, Prediction
 
 
 class MeanPatchDistance(FeatureAdapter):

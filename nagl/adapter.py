@@ -1,7 +1,7 @@
 """NAGL behind the harness's adapter contract.
 
 Training: one model per k on the source domain's test split, in the harness's resumable loop
-(benchmark/bases.py keys, saves and loads the checkpoint). At test time Residual Mining depends
+(the harness keys, saves and loads the checkpoint: benchmark/run/checkpoints.py). At test time Residual Mining depends
 only on the references, so it runs once per reference set, not once per query as in the code.
 """
 
@@ -12,17 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.adapter import NORMAL_ABNORMAL, Domain, ImageBatch, Prediction, ReferenceSet
-from benchmark.bases import FeatureAdapter, TrainedAdapter
-from benchmark.data.batches import load_batch, model_space_masks
-from benchmark.data.preprocessing import Preprocessing
-from benchmark.errors import GadbenchError
-from benchmark.run.maps import maps_at_original
-from benchmark.run.metrics import auroc
-from benchmark.run.training import resumable_epochs
+from benchmark.api import (NORMAL_ABNORMAL, FeatureAdapter, GadbenchError, ImageBatch, Prediction, ReferenceSet,
+                           TrainedAdapter, TrainingData, resumable_epochs)
+from benchmark.features.similarity import flatten_patches
 from nagl.model import NAGL, downsample_mask
-from nagl.similarity import flatten_patches
-from nagl.train import EpisodeBank, TrainConfig, code_image_score, make_optimizer, run_episodes, sample_episode, train_epoch
+from nagl.selection import target_selector
+from nagl.train import EpisodeBank, TrainConfig, make_optimizer, train_epoch
 
 # Part of every checkpoint's identity: bump when training changes in a way the config does not show
 # (2: the model is initialised from the training seed; 3: the harness's checkpoint identity)
@@ -68,6 +63,7 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
     version = TRAINER_VERSION
     supports = (NORMAL_ABNORMAL,)
     model_per_k = True
+    training_keys = TRAINING_KEYS
     default_config = {
         "backbone": "dinov2_vits14",
         "input_size": 448,
@@ -88,7 +84,6 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        self.config["training"] = self.merged_training_config(TRAINING_KEYS)
         self.model: NAGL | None = None
         self.training_seed = self.train_config(1).seed
 
@@ -110,14 +105,14 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
         maps = self.context.features.extract(self.backbone, batch)
         return flatten_patches(maps), tuple(maps.shape[-2:])
 
-    def episode_bank(self, domain: Domain, chunk: int = 16) -> EpisodeBank:
+    def episode_bank(self, domain: TrainingData, chunk: int = 16) -> EpisodeBank:
         """Features and masks of every test image of a domain (what episodes are drawn from)."""
         tests = domain.table[domain.table.split == "test"].reset_index(drop=True)
         preprocessing = self.preprocessing()
         features, pixel_masks, grid = [], [], None
         for start in range(0, len(tests), chunk):
-            batch = load_batch(tests.iloc[start:start + chunk], preprocessing)
-            pixel_masks.extend(model_space_masks(batch, preprocessing, domain.mask_threshold).bool())
+            batch = domain.batch(tests.iloc[start:start + chunk], preprocessing)
+            pixel_masks.extend(domain.masks(batch, preprocessing).bool())
             tokens, grid = self.features(batch)
             features.append(tokens.cpu())
         pixel_masks = torch.stack(pixel_masks)
@@ -125,15 +120,15 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
         return EpisodeBank(torch.cat(features), pixel_masks, patch_masks, list(tests.category),
                            list(tests.label), list(tests.defect), grid)
 
-    # ------------------------------------------------------------------ training (bases.TrainedAdapter)
+    # ------------------------------------------------------------------ training (api.TrainedAdapter)
     def checkpoint_identity(self, setting) -> dict:
         config = {key: value for key, value in self.config.items() if key not in TEST_TIME_KEYS}
         return {"config": config, "k": setting.k_normal, "weights": self.backbone.weights_sha256}
 
-    def training_rows(self, source: Domain):
+    def training_rows(self, source: TrainingData):
         return source.table[source.table.split == "test"]
 
-    def train(self, source: Domain, setting, target: Domain | None, folder: Path, digest: str) -> dict:
+    def train(self, source: TrainingData, setting, target: TrainingData | None, folder: Path, digest: str) -> dict:
         """One model per k, trained with the config's seed (111): the cell's reference seed does not
         change the model, so all seeds of a k share one checkpoint, as in the paper."""
         config = self.train_config(setting.k_normal)
@@ -142,7 +137,8 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
         model = self.build_model(bank.features.shape[-1])
         select = None
         if config.checkpoint_policy == "official-target-selected":
-            select = self._target_selector(self.episode_bank(target), setting.k_normal, config.seed)
+            select = target_selector(self.episode_bank(target), setting.k_normal, config.seed,
+                                     self.config["selection_episodes"], self.context.device)
         return train_nagl(model, bank, config, folder, digest, self.context.device, select)
 
     def load(self, state: dict) -> None:
@@ -150,43 +146,11 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
         model.load_state_dict(state["state_dict"], strict=True)
         self.model, self.checkpoint_epoch = model.eval().to(self.context.device), state["epoch"]
 
-    def _target_selector(self, bank: EpisodeBank, k: int, seed: int):
-        """The official checkpoint choice (train.py, utils/metrics.py), which leaks the target: each
-        epoch, `selection_episodes` fresh episodes drawn on the TARGET (seeded by the training seed
-        and the epoch: the code's are unseeded); image score = mean of the top-20 patch scores;
-        pixel map = the patch score upsampled bilinearly to the input size and blurred with sigma
-        4 there; image and pixel AUROC per category, each averaged over categories; value = sum."""
-        count, device = self.config["selection_episodes"], self.context.device
-        categories = bank.usable_categories(k)
-        input_size = tuple(bank.pixel_masks.shape[-2:])  # the episodes' masks are at the model input
-        squash = Preprocessing(size=input_size[0])
-
-        def select(model: NAGL, epoch: int) -> float:
-            rng = np.random.default_rng([seed, epoch])
-            episodes = [sample_episode(rng, bank, k, categories) for _ in range(count)]
-            image_aurocs, pixel_aurocs = [], []
-            for category in sorted({bank.categories[e.query] for e in episodes}):
-                chosen = [e for e in episodes if bank.categories[e.query] == category]
-                scores, maps = [], []
-                for start in range(0, len(chosen), 8):
-                    output = run_episodes(model, bank, chosen[start:start + 8], device)
-                    scores += code_image_score(output["score"]).cpu().tolist()
-                    patch_maps = output["score"].reshape(-1, *bank.grid)
-                    maps += maps_at_original(patch_maps, [input_size] * len(patch_maps), squash, sigma=4.0)[0]
-                image_aurocs.append(auroc([e.label for e in chosen], scores))
-                masks = np.stack([bank.pixel_masks[e.query].numpy() for e in chosen])
-                pixel_aurocs.append(auroc(masks, np.stack(maps)))
-            if np.isnan(image_aurocs).all() or np.isnan(pixel_aurocs).all():
-                return float("nan")  # no category drew both labels: this epoch cannot be compared (never chosen)
-            return float(np.nanmean(image_aurocs) + np.nanmean(pixel_aurocs))
-
-        return select
-
     # ------------------------------------------------------------------ contract
     @torch.no_grad()
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
         if self.model is None:
-            raise GadbenchError("nagl: set_references before fit_source; the runner trains (or loads) the model first")
+            raise GadbenchError("nagl: set_references before training; the harness trains (or loads) the model first")
         if abnormal is None:
             raise GadbenchError("nagl needs an abnormal reference (settings N<k>+A1)")
         self.normal_tokens, grid = self.features(normal)

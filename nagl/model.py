@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nagl.similarity import top_percent_mean
+from benchmark.features.similarity import top_percent_mean
 
 MASK_DOWNSAMPLE = ("any-pixel", "official-conv")
 POSITION_MASK = ("official", "none")

@@ -12,7 +12,7 @@ lr x 0.1 at epochs 10 and 15, seed 111. Loss = image loss + pixel loss; pixel: s
 (alpha 0.25, gamma 2) + Dice on [s_n, s_a] upsampled to the input against [1 - mask, mask];
 image: 'code' = cross-entropy over [1 - s, s], s = mean of the top-20 patches; 'paper' = BCE on
 the top-1 % mean. The epochs themselves run in the harness's resumable loop
-(benchmark/run/training.py, called by nagl/adapter.py), which saves the state after every epoch.
+(benchmark/api/training.py, called by nagl/adapter.py), which saves the state after every epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from nagl.model import NAGL
-from nagl.similarity import top_percent_mean
+from benchmark.features.similarity import top_percent_mean
 
 IMAGE_LOSSES = ("code", "paper")
 CHECKPOINT_POLICIES = ("last", "official-target-selected")

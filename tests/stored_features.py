@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
+from benchmark.api import ImageBatch, ReferenceSet, RunContext
+from benchmark.features.service import FeatureService
+from tests.contexts import run_context
 
 
 class StoredFeatures:
+    preprocessing = staticmethod(FeatureService.preprocessing)  # the catalogue's mean / std, as the harness
+
     def __init__(self, levels_by_key: dict[str, list[torch.Tensor]]):
         self.levels_by_key = levels_by_key
 
@@ -24,7 +28,7 @@ class StoredFeatures:
 
 
 def stored_context(levels_by_key: dict[str, list[torch.Tensor]]) -> RunContext:
-    return RunContext(device=torch.device("cpu"), weights=None, features=StoredFeatures(levels_by_key), workdir=None)
+    return run_context(device=torch.device("cpu"), weights=None, features=StoredFeatures(levels_by_key), workdir=None)
 
 
 def keyed_batch(keys: list[str], size: tuple[int, int], cls=ImageBatch) -> ImageBatch:

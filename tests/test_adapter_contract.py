@@ -22,14 +22,14 @@ import torch
 from PIL import Image
 
 from benchmark import registry
-from benchmark.adapter import NORMAL_ABNORMAL, Domain, RunContext
-from benchmark.data.batches import load_batch, load_references
+from benchmark.api import NORMAL_ABNORMAL
+from benchmark.data.batches import load_batch, load_references, training_data
 from benchmark.data.mvtec import read_mvtec
 from benchmark.data.references import parse_setting
-from benchmark.features.service import FeatureService
 from benchmark.features.weights import WeightStore
 from benchmark.run.engine import predict_at_original
-from benchmark.run.runner import seed_everything
+from benchmark.run.experiment import MethodSpec
+from benchmark.run.session import open_method
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_CLIP = {"clip_model": "tiny-clip", "clip_model_config": str(FIXTURES / "tiny-clip.json"), "image_size": 64,
@@ -79,11 +79,6 @@ def queries(tmp_path_factory, synthetic_root) -> tuple[pd.DataFrame, pd.DataFram
     return pd.DataFrame(rows), table[table.category != "washer"]
 
 
-def _context(workdir: Path, weights: Path) -> RunContext:
-    store = WeightStore(weights)
-    return RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), workdir)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     import open_clip
@@ -96,15 +91,13 @@ def weights(tmp_path_factory) -> Path:
 
 
 def _scored(name: str, rows: pd.DataFrame, source: pd.DataFrame, workdir: Path, weights: Path):
-    """A fresh adapter, trained if it trains (seeded as the runner seeds), its references set;
-    returns (adapter, query batch, scores, maps) for the four test queries."""
-    adapter_class = registry.resolve(name)
-    abnormal_too = NORMAL_ABNORMAL in adapter_class.supports
-    seed_everything(0)
-    adapter = adapter_class(CASES[name], _context(workdir, weights))
-    if adapter.trains_on_source:
-        setting = parse_setting("N1+A1" if abnormal_too else "N1")
-        adapter.fit_source(Domain("source", source), 0, workdir / "checkpoints", setting=setting)
+    """A fresh adapter, opened as the harness opens one (trained if it trains); its references
+    set; returns (adapter, query batch, scores, maps) for the four test queries."""
+    method = MethodSpec(name, name, name, CASES[name])
+    abnormal_too = NORMAL_ABNORMAL in method.adapter_class.supports
+    adapter = open_method(method, device=torch.device("cpu"), weights=WeightStore(weights), workdir=workdir,
+                          source=training_data("source", source), setting=parse_setting("N1+A1" if abnormal_too else "N1"),
+                          checkpoints=workdir / "checkpoints").adapter
     preprocessing = adapter.preprocessing()
     normal = load_references(rows[rows.split == "train"], preprocessing, 127, with_masks=False)
     abnormal = load_references(rows[rows.label == 1].head(1), preprocessing, 127, with_masks=True) if abnormal_too else None

@@ -11,18 +11,19 @@ import torch
 from baselines.patchcore import PatchCoreAdapter
 from baselines.patchcore_model import concat_embedding, coreset_size, nearest_distances
 from baselines.winclip import WinCLIPAdapter
-from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
+from benchmark.api import ImageBatch, ReferenceSet
 from benchmark.cli import main
 from benchmark.features.service import FeatureService
 from benchmark.features.weights import WeightStore
 from stored_features import scored
+from tests.contexts import run_context
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def context(tmp_path, weights_dir=None):
     store = WeightStore(weights_dir or tmp_path / "weights")
-    return RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path)
+    return run_context(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path)
 
 
 def batch(images, sizes=None, cls=ImageBatch):
@@ -55,7 +56,7 @@ def test_patchcore_bank_equals_reference_patches_and_coreset_is_a_subset(patchco
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_patchcore_nearest_distances_over_blocks_match_brute_force_distances_in_float64(k):
-    from nagl.similarity import row_chunk
+    from benchmark.features.similarity import row_chunk
 
     generator = torch.Generator().manual_seed(k)
     queries, bank = torch.randn(900, 16, generator=generator), torch.randn(3_000, 16, generator=generator)

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from benchmark.data import SAMPLE_COLUMNS, DatasetSpec, read_dataset
+from benchmark.data import DatasetSpec, read_dataset
+from benchmark.data.samples import SAMPLE_COLUMNS
 from benchmark.data.magnetic_tile import goes_to_test, read_magnetic_tile
 from benchmark.data.mvtec import read_mvtec
 from benchmark.data.synthetic import DOMAINS, _render, _stream, generate, render_sample

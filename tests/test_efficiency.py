@@ -8,8 +8,10 @@ import pytest
 import yaml
 
 from benchmark.cli import main
-from benchmark.outputs import efficiency
-from benchmark.outputs.bench_rounds import cpu_times, round_row, share_trained, steal_share, time_in_bursts
+from benchmark.bench.measure import timed_calls
+from benchmark.bench.bursts import round_row, time_in_bursts
+from benchmark.bench.measure import cpu_times, steal_share
+from benchmark.bench.rounds import share_trained
 from benchmark.features.backbones import build_backbone
 from benchmark.features.weights import WeightStore
 
@@ -149,7 +151,7 @@ def test_a_bad_efficiency_file_is_one_line_and_exit_2(tmp_path, capsys, line, me
 
 def test_throughput_is_taken_from_the_median_call_so_one_burst_of_load_does_not_move_it():
     durations = iter([0.0, 0.01, 0.4, 0.01])  # warm-up, then one call slowed by a burst of load
-    calls = efficiency.timed_calls(lambda: time.sleep(next(durations)), warmup=1, min_calls=3, min_seconds=0.0)
+    calls = timed_calls(lambda: time.sleep(next(durations)), warmup=1, min_calls=3, min_seconds=0.0)
     assert len(calls) == 3 and calls[1] >= 0.4
     row = round_row({2: {"calls": calls, "bursts": [], "peak_memory_mib": 1.0}}, None)
     # the mean call is 0.14 s; the median is one of the 0.01 s calls

@@ -10,7 +10,7 @@ from benchmark.data.batches import load_batch
 from benchmark.cli import main
 from benchmark.features.disk_cache import DiskFeatureCache
 from benchmark.features.service import FeatureService
-from benchmark.data.preprocessing import Preprocessing
+from benchmark.api.preprocessing import Preprocessing
 from benchmark.features.weights import WeightStore
 from conftest import write_experiment
 

@@ -42,7 +42,7 @@ def _patches(maps, key):
 
 @pytest.mark.parametrize("variant", ["normal", "abnormal", "normal+abnormal"])
 def test_nn_ablation_scores_by_brute_force(nn_features, variant):
-    from baselines.nn_ablation import NNAblationAdapter
+    from nagl.ablation import NNAblationAdapter
 
     maps, mask = nn_features
     adapter = NNAblationAdapter({"variant": variant, "backbone": "lite0_imagenet", "input_size": 32, "top_percent": 25.0,
@@ -64,7 +64,7 @@ def test_nn_ablation_scores_by_brute_force(nn_features, variant):
 
 
 def test_nn_ablation_needs_an_abnormal_reference_with_anomalous_patches(nn_features):
-    from baselines.nn_ablation import NNAblationAdapter
+    from nagl.ablation import NNAblationAdapter
     from benchmark.errors import GadbenchError
 
     maps, _ = nn_features
@@ -80,7 +80,7 @@ def test_nn_ablation_needs_an_abnormal_reference_with_anomalous_patches(nn_featu
 
 
 def test_normal_nn_scores_by_brute_force(nn_features):
-    from baselines.normal_nn import NormalNNAdapter
+    from nagl.normal_nn import NormalNNAdapter
 
     maps, _ = nn_features
     adapter = NormalNNAdapter({"backbone": "lite0_imagenet", "input_size": 32, "blur_sigma": 2.0}, stored_context(maps))

@@ -8,12 +8,15 @@ import torch
 
 from baselines.inctrl import InCTRLAdapter, prompt_ensemble
 from baselines.inctrl_model import patch_residual_map
-from benchmark.adapter import Domain, ImageBatch, ReferenceSet, RunContext
+from benchmark.api import ImageBatch, ReferenceSet
 from benchmark.data.mvtec import read_mvtec
 from benchmark.data.references import parse_setting
 from benchmark.features.service import FeatureService
 from benchmark.features.weights import WeightStore
 from stored_features import scored
+from tests.contexts import run_context
+from benchmark.run.checkpoints import fit_source
+from benchmark.data.batches import training_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = {"clip_model": "tiny-clip", "clip_model_config": str(FIXTURES / "tiny-clip.json"), "image_size": 64,
@@ -23,7 +26,7 @@ TINY = {"clip_model": "tiny-clip", "clip_model_config": str(FIXTURES / "tiny-cli
 
 def adapter(tmp_path, **overrides):
     store = WeightStore(tmp_path / "w")
-    return InCTRLAdapter({**TINY, **overrides}, RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path))
+    return InCTRLAdapter({**TINY, **overrides}, run_context(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path))
 
 
 def save_tiny_clip(folder: Path) -> None:
@@ -41,8 +44,8 @@ def trained(tmp_path_factory, synthetic_root):
     tmp = tmp_path_factory.mktemp("inctrl")
     save_tiny_clip(tmp / "w")
     model = adapter(tmp)
-    domain = Domain("objects", read_mvtec(synthetic_root / "objects"))
-    checkpoint = model.fit_source(domain, 0, tmp / "ckpt", setting=parse_setting("N2"))
+    domain = training_data("objects", read_mvtec(synthetic_root / "objects"))
+    checkpoint = fit_source(model, domain, tmp / "ckpt", parse_setting("N2"))
     return model, checkpoint, domain, tmp
 
 
@@ -74,7 +77,7 @@ def test_training_lowers_the_loss_and_the_checkpoint_reloads_to_identical_scores
     model.set_references("washer", batch(refs, ReferenceSet), None)
     scores = scored(model, batch(queries)).image_scores
     again = adapter(tmp)
-    assert again.fit_source(domain, 1, tmp / "ckpt", setting=parse_setting("N2")) == checkpoint  # reused, not retrained
+    assert fit_source(again, domain, tmp / "ckpt", parse_setting("N2")) == checkpoint  # reused, not retrained
     again.set_references("washer", batch(refs, ReferenceSet), None)
     np.testing.assert_array_equal(scored(again, batch(queries)).image_scores, scores)
     assert model.describe()["pixel_level"] is False and scored(model, batch(queries)).anomaly_maps is None
@@ -93,5 +96,5 @@ def test_batch_of_one_equals_batch_of_eight(trained):
 def test_the_config_hash_changes_when_a_training_key_changes(trained):
     _, checkpoint, domain, tmp = trained
     other = adapter(tmp, training={**TINY["training"], "learning_rate": 1e-2, "epochs": 1})
-    path = other.fit_source(domain, 0, tmp / "ckpt", setting=parse_setting("N2"))
+    path = fit_source(other, domain, tmp / "ckpt", parse_setting("N2"))
     assert path != checkpoint and path.parent.name.startswith("k2-")

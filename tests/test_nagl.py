@@ -32,7 +32,7 @@ def test_top_one_percent_of_1024_patches_is_ten():
     score = torch.zeros(1, 1024)
     score[0, :10] = 1.0
     assert model.top_percent == 1.0
-    from nagl.similarity import top_percent_mean
+    from benchmark.features.similarity import top_percent_mean
 
     assert top_percent_mean(score).item() == 1.0
     score[0, 10] = 2.0  # an 11th, larger patch enters the top 10 and pushes one 1.0 out

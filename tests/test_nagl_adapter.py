@@ -5,6 +5,9 @@ import pytest
 
 from benchmark.cli import main
 from conftest import write_experiment
+from tests.contexts import run_context
+from benchmark.run.checkpoints import fit_source
+from benchmark.data.batches import training_data
 
 NAGL_TINY = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
              "config": {"backbone": "lite0_imagenet", "input_size": 96, "proxies": 4,
@@ -82,22 +85,21 @@ def test_training_does_not_depend_on_what_ran_before_in_the_process(tmp_path, sy
     earlier cells (a coreset draw, another model) left behind."""
     import torch
 
-    from benchmark.adapter import Domain, RunContext
     from benchmark.data.mvtec import read_mvtec
     from benchmark.features.service import FeatureService
     from benchmark.data.references import parse_setting
     from benchmark.features.weights import WeightStore
     from nagl.adapter import NAGLAdapter
 
-    domain = Domain("objects", read_mvtec(synthetic_root / "objects"))
+    domain = training_data("objects", read_mvtec(synthetic_root / "objects"))
     weights = []
     for run, noise in enumerate((0, 12345)):
         torch.manual_seed(noise)
         torch.rand(noise % 97 + 1)  # earlier work consumed random numbers
         store = WeightStore(tmp_path / "w")
-        context = RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path)
+        context = run_context(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path)
         adapter = NAGLAdapter(NAGL_TINY["config"], context)
-        path = adapter.fit_source(domain, 0, tmp_path / f"run{run}", setting=parse_setting("N1+A1"))
+        path = fit_source(adapter, domain, tmp_path / f"run{run}", parse_setting("N1+A1"))
         weights.append(torch.load(path, weights_only=True)["state_dict"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
@@ -112,8 +114,7 @@ def test_target_selection_scores_as_the_official_validation():
     from scipy.ndimage import gaussian_filter
     from sklearn.metrics import roc_auc_score
 
-    from benchmark.adapter import RunContext
-    from nagl.adapter import NAGLAdapter
+    from nagl.selection import target_selector
     from nagl.train import sample_episode
     from test_nagl import tiny_bank
 
@@ -122,9 +123,7 @@ def test_target_selection_scores_as_the_official_validation():
             return {"score": torch.sigmoid(query[..., :3].sum(-1))}
 
     bank = tiny_bank(n_per_category=12)
-    context = RunContext(device=torch.device("cpu"), weights=None, features=None, workdir=None)
-    adapter = NAGLAdapter({"selection_episodes": 60, "allow_random_weights": True}, context)
-    value = adapter._target_selector(bank, 1, seed=111)(ScoreFromFeatures(), 7)
+    value = target_selector(bank, 1, seed=111, count=60, device=torch.device("cpu"))(ScoreFromFeatures(), 7)
 
     rng = np.random.default_rng([111, 7])  # fresh episodes per epoch, seeded by (training seed, epoch)
     episodes = [sample_episode(rng, bank, 1, bank.usable_categories(1)) for _ in range(60)]
@@ -139,5 +138,5 @@ def test_target_selection_scores_as_the_official_validation():
         image.append(roc_auc_score([e.label for e in chosen], top20))
         pixel.append(roc_auc_score(masks.ravel(), maps.ravel()))
     assert value == pytest.approx(np.mean(image) + np.mean(pixel), abs=1e-9)
-    other_epoch = adapter._target_selector(bank, 1, seed=111)(ScoreFromFeatures(), 8)
+    other_epoch = target_selector(bank, 1, seed=111, count=60, device=torch.device("cpu"))(ScoreFromFeatures(), 8)
     assert other_epoch != pytest.approx(value)  # each epoch draws fresh episodes

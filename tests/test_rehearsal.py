@@ -27,7 +27,12 @@ def test_every_cell_of_the_reduced_grid_runs(rehearsal):
     status, results = rehearsal
     assert status == 0
     cells = [json.loads(p.read_text()) for p in (results / "runs").rglob("*.json")]
-    assert len(cells) == 11  # main.yaml's 11 methods on mvtec -> brats, each in its own setting
+    experiments = {c["cell"]["experiment"] for c in cells}
+    assert experiments == {"main", "ablation"}  # every experiment of the default rehearsal has cells
+    main_cells = [c for c in cells if c["cell"]["experiment"] == "main"]
+    assert len(main_cells) == 11  # main.yaml's 11 methods on mvtec -> brats, each in its own setting
+    ablation = [c for c in cells if c["cell"]["experiment"] == "ablation"]
+    assert {c["cell"]["method"] for c in ablation} == {"ablation_i", "ablation_ii", "ablation_iii", "nagl"}  # on mvtec -> visa
     assert all(c["status"] == "done" for c in cells), [c.get("error") for c in cells if c["status"] != "done"]
     assert all(c["rehearsal"] is True and c["limit"] == 2 for c in cells)
     assert all(c["method"]["random_weights"] for c in cells)

@@ -6,7 +6,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.run.experiment import load_experiment
-from benchmark.outputs.report import qualitative_grid, qualitative_maps
+from benchmark.outputs.report import qualitative_grid
+from benchmark.run.qualitative import qualitative_maps
 from benchmark.run.runner import Runner
 from benchmark.outputs.tables import collect
 from benchmark.run.grid import run_grid
@@ -67,6 +68,7 @@ def test_qualitative_grid_has_image_mask_and_one_map_per_method_per_row(finished
 
 
 def test_the_report_never_retrains_a_model_whose_checkpoint_is_gone(tmp_path, synthetic_root):
+    from benchmark.run.record import CellRecord
     from benchmark.run.results import cell_path, write_json_atomic
 
     nagl = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL tiny",
@@ -77,8 +79,9 @@ def test_the_report_never_retrains_a_model_whose_checkpoint_is_gone(tmp_path, sy
     nn_cells = [c for c in experiment.cells() if c.method.name == "nn_tiny"]
     assert run_grid(runner, nn_cells)["done"] == 1
     nagl_cell = next(c for c in experiment.cells() if c.method.name == "nagl_tiny")
-    write_json_atomic({"status": "done", "checkpoint": str(tmp_path / "gone" / "model.pt")},
-                      cell_path(tmp_path / "results", nagl_cell, experiment.protocol))
+    finished = CellRecord(cell=runner.identity(nagl_cell), cell_key=runner.cell_key(nagl_cell), protocol=experiment.protocol,
+                          status="done", checkpoint=str(tmp_path / "gone" / "model.pt"))
+    write_json_atomic(finished.to_json(), cell_path(tmp_path / "results", nagl_cell, experiment.protocol))
     panels = qualitative_maps(runner, experiment, collect(experiment, tmp_path / "results"), k=1, images_per_category=1)
     assert panels and all(maps["NAGL tiny"] == "checkpoint missing: rerun the cell" for _, _, _, maps, _ in panels)
     assert not (tmp_path / "results" / "checkpoints").exists()  # nothing was trained

@@ -6,12 +6,15 @@ import torch
 
 from baselines.resad import ResADAdapter
 from baselines.resad_model import constraint_loss, position_encoding, squared_residuals
-from benchmark.adapter import Domain, ImageBatch, ReferenceSet, RunContext
+from benchmark.api import ImageBatch, ReferenceSet
 from benchmark.data.mvtec import read_mvtec
 from benchmark.features.service import FeatureService
 from benchmark.data.references import parse_setting
 from benchmark.features.weights import WeightStore
 from stored_features import scored
+from tests.contexts import run_context
+from benchmark.run.checkpoints import fit_source
+from benchmark.data.batches import training_data
 
 TINY = {"backbone": "lite0_imagenet", "image_size": 64, "coupling_layers": 2, "position_dim": 16,
         "training": {"epochs": 6, "first_stage_epochs": 1, "batch_size": 6, "learning_rate": 3e-3,
@@ -20,7 +23,7 @@ TINY = {"backbone": "lite0_imagenet", "image_size": 64, "coupling_layers": 2, "p
 
 def adapter(tmp_path, **overrides):
     store = WeightStore(tmp_path / "w")
-    context = RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path)
+    context = run_context(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), tmp_path)
     return ResADAdapter({**TINY, **overrides}, context)
 
 
@@ -32,8 +35,8 @@ def batch(images, cls=ImageBatch):
 def trained(tmp_path_factory, synthetic_root):
     tmp = tmp_path_factory.mktemp("resad")
     model = adapter(tmp)
-    domain = Domain("objects", read_mvtec(synthetic_root / "objects"))
-    checkpoint = model.fit_source(domain, 0, tmp / "ckpt", setting=parse_setting("N1"))
+    domain = training_data("objects", read_mvtec(synthetic_root / "objects"))
+    checkpoint = fit_source(model, domain, tmp / "ckpt", parse_setting("N1"))
     return model, checkpoint, domain, tmp
 
 
@@ -80,7 +83,7 @@ def test_training_lowers_the_loss_and_reloads_to_identical_scores(trained):
     prediction = scored(model, batch(queries))
     assert prediction.anomaly_maps[0].shape == (70, 90) and np.isfinite(prediction.image_scores).all()
     again = adapter(tmp)
-    assert again.fit_source(domain, 2, tmp / "ckpt", setting=parse_setting("N4")) == checkpoint  # one model for every k
+    assert fit_source(again, domain, tmp / "ckpt", parse_setting("N4")) == checkpoint  # one model for every k
     again.set_references("washer", batch(refs, ReferenceSet), None)
     np.testing.assert_array_equal(scored(again, batch(queries)).image_scores, prediction.image_scores)
     assert model.describe()["parameters_trainable"] == sum(p.numel() for p in model.model.parameters())
@@ -99,18 +102,18 @@ def test_batch_of_one_equals_batch_of_four(trained):
 def test_the_config_hash_changes_when_a_training_key_changes(trained):
     _, checkpoint, domain, tmp = trained
     other = adapter(tmp, training={**TINY["training"], "epochs": 1, "margin": 0.5})
-    assert other.fit_source(domain, 0, tmp / "ckpt", setting=parse_setting("N1")) != checkpoint
+    assert fit_source(other, domain, tmp / "ckpt", parse_setting("N1")) != checkpoint
 
 
 def test_two_trainings_after_different_global_numpy_states_give_identical_weights(tmp_path, synthetic_root):
     """FrEIA draws its soft permutations from numpy's global RNG, which other cells and seeds move:
     the training seed alone must decide the weights (trainer version 4)."""
-    domain = Domain("objects", read_mvtec(synthetic_root / "objects"))
+    domain = training_data("objects", read_mvtec(synthetic_root / "objects"))
     weights = []
     for index, global_seed in enumerate((1, 2)):
         np.random.seed(global_seed)
         model = adapter(tmp_path / str(index), training={**TINY["training"], "epochs": 1})
-        checkpoint = model.fit_source(domain, 0, tmp_path / str(index) / "ckpt", setting=parse_setting("N1"))
+        checkpoint = fit_source(model, domain, tmp_path / str(index) / "ckpt", parse_setting("N1"))
         weights.append(torch.load(checkpoint, weights_only=True)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -21,8 +21,8 @@ PIXEL_DIFF_ADAPTER = textwrap.dedent('''
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from benchmark.adapter import Adapter, Prediction
-    from benchmark.data.preprocessing import Preprocessing
+    from benchmark.api import Adapter, Prediction
+    from benchmark.api.preprocessing import Preprocessing
 
     class PixelDiffAdapter(Adapter):
         name = "pixel_diff"

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from benchmark.run.maps import maps_at_original
-from benchmark.data.preprocessing import Preprocessing
-from nagl.similarity import normal_similarity, top_percent_mean
+from benchmark.api.preprocessing import Preprocessing
+from benchmark.features.similarity import normal_similarity, top_percent_mean
 
 
 def test_normal_similarity_is_one_for_a_query_identical_to_a_reference():
@@ -24,7 +24,7 @@ def test_normal_similarity_matches_a_brute_force_maximum():
 
 
 def test_max_cosine_over_blocks_matches_one_brute_force_product_with_ties_to_the_first_index():
-    from nagl.similarity import max_cosine, row_chunk
+    from benchmark.features.similarity import max_cosine, row_chunk
 
     rows, bank = torch.randn(150, 6), torch.randn(40_000, 6)
     bank[7_000] = bank[3_000]  # an exact tie: the first index wins, as torch's max over one product

@@ -12,8 +12,8 @@ source tools/ensure_venv.sh
 python -c "import mutmut" 2>/dev/null || { echo "mutation.sh: mutmut is not installed: pip install mutmut" >&2; exit 1; }
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
-  files=(nagl/model.py nagl/similarity.py nagl/train.py baselines/patchcore_model.py baselines/inctrl_model.py
-         baselines/resad_model.py baselines/nn_ablation.py baselines/normal_nn.py benchmark/run/metrics.py
+  files=(nagl/model.py benchmark/features/similarity.py nagl/train.py baselines/patchcore_model.py baselines/inctrl_model.py
+         baselines/resad_model.py nagl/ablation.py nagl/normal_nn.py benchmark/run/metrics.py
          benchmark/data/references.py benchmark/features/pos_embed.py benchmark/run/maps.py)
 fi
 out="$PWD/results/mutation"

@@ -86,14 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     rehearse = sub.add_parser("rehearse", help="rehearse the paper's grid (main, ablation, efficiency) on stand-in data "
                               "with the paper's architectures on random weights, before renting a GPU")
-    rehearse.add_argument("--experiment", "-e", action="append", help="experiment YAML (repeatable; default: main and ablation)")
+    rehearse.add_argument("--experiment", "-e", action="append", help="experiment YAML (repeatable; default: every file of "
+                          "configs/experiments whose data the stand-ins provide: main, ablation)")
     rehearse.add_argument("--bench", default=str(CONFIG_DIR / "experiments" / "efficiency_paper.yaml"), help="efficiency bench YAML")
     rehearse.add_argument("--results", default=str(DEFAULT_RESULTS / "rehearsal"), help="its own results folder")
     rehearse.add_argument("--limit", type=int, default=2, help="queries per category")
     rehearse.add_argument("--categories", type=int, help="only the first N categories of MVTec AD and VisA (a reduced rehearsal)")
     rehearse.add_argument("--seed", type=int, action="append", help="only these reference seeds (repeatable)")
     rehearse.add_argument("--setting", action="append", help="only these settings, e.g. N1, N1+A1 (repeatable)")
-    rehearse.add_argument("--pair", action="append", help="only this source:target pair, e.g. mvtec:brats (repeatable)")
+    rehearse.add_argument("--pair", action="append", help="only this source:target pair, e.g. mvtec:brats (repeatable); an "
+                          "experiment with none of them is rehearsed on one of its own")
     rehearse.add_argument("--bench-method", action="append", help="bench only this method (repeatable)")
     rehearse.add_argument("--no-bench", action="store_true", help="leave out the efficiency bench")
     rehearse.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")

@@ -39,7 +39,8 @@ def cache_dir(args) -> Path | None:
 
 def cmd_run(args) -> int:
     from benchmark.run.grid import run_grid
-    from benchmark.run.runner import Runner, pick_device
+    from benchmark.run.runner import Runner
+    from benchmark.run.session import pick_device
     from benchmark.features.weights import WeightStore
 
     experiment = _experiment(args)
@@ -78,10 +79,10 @@ def cmd_cache(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from benchmark.outputs.bench_rounds import run_bench
-    from benchmark.outputs.efficiency import load_bench
+    from benchmark.bench.rounds import run_bench
+    from benchmark.bench.config import load_bench
     from benchmark.outputs.efficiency_tables import write_efficiency_tables
-    from benchmark.run.runner import pick_device
+    from benchmark.run.session import pick_device
 
     bench = load_bench(args.experiment, args.data_root)
     run_bench(bench, Path(args.results), pick_device(args.device), args.weights_dir, args.force, args.method,
@@ -125,30 +126,42 @@ def cmd_tables(args) -> int:
 def cmd_rehearse(args) -> int:
     import time
 
-    from benchmark.outputs.bench_rounds import run_bench
-    from benchmark.outputs.efficiency import load_bench
+    from benchmark.bench.rounds import run_bench
+    from benchmark.bench.config import load_bench
 
     from benchmark.outputs.efficiency_tables import write_efficiency_tables
     from benchmark.run.experiment import load_experiment
     from benchmark.data.references import parse_setting
-    from benchmark.run.rehearsal import prepare_standin_data, rehearsal_bench, rehearsal_experiment
+    from benchmark.run.rehearsal import (default_experiments, prepare_standin_data, rehearsal_bench, rehearsal_experiment,
+                                         standin_counts)
     from benchmark.outputs.report import write_report
     from benchmark.run.grid import run_grid
-    from benchmark.run.runner import Runner, pick_device
+    from benchmark.run.planning import shortages
+    from benchmark.run.runner import Runner
+    from benchmark.run.session import pick_device
     from benchmark.outputs.tables import write_tables
     from benchmark.features.weights import WeightStore
 
     started, results = time.time(), Path(args.results)
-    data = prepare_standin_data(results / "data", args.categories)
+    data = results / "data"
+    loaded = [load_experiment(path, data) for path in args.experiment] if args.experiment else default_experiments(data)
+    prepare_standin_data(data, args.categories, standin_counts(loaded))  # sized by the whole grids, not the narrowed ones
     device, store = pick_device(args.device), WeightStore(args.weights_dir)
     settings = [parse_setting(s) for s in args.setting] if args.setting else None
-    experiments, failed = [], 0
-    for path in args.experiment or [str(CONFIG_DIR / "experiments" / f"{name}.yaml") for name in ("main", "ablation")]:
-        experiment = rehearsal_experiment(load_experiment(path, data), args.limit, args.seed, settings, args.pair)
-        if not experiment.pairs:
-            print(f"{experiment.name} (rehearsal): no pair among {', '.join(args.pair)}; left out")
-            continue
+    experiments, failed, runners, found = [], 0, [], []
+    for full in loaded:
+        experiment = rehearsal_experiment(full, args.limit, args.seed, settings, args.pair)
+        if args.pair and not set(experiment.pairs) & {tuple(p.split(":", 1)) for p in args.pair}:
+            print(f"{experiment.name} (rehearsal): no pair among {', '.join(args.pair)}; rehearsed on"
+                  f" {':'.join(experiment.pairs[0])}")
         runner = Runner(experiment, results, device, store, show_progress=not args.no_progress, cache_dir=results / "cache")
+        found += [f"{experiment.name}: {s.line()}" for s in shortages(runner.data, experiment.cells())]
+        runners.append(runner)
+    if found:  # every experiment is planned before any is run
+        raise GadbenchError(f"rehearsal: {len(found)} shortage(s) found while planning; nothing was scored:\n  "
+                            + "\n  ".join(found))
+    for runner in runners:
+        experiment = runner.experiment
         summary = run_grid(runner)
         failed += summary["failed"]
         print(f"{experiment.name} (rehearsal): {summary['total']} cells: {summary['already_done']} already done, "
@@ -169,10 +182,15 @@ def cmd_rehearse(args) -> int:
 def cmd_refs(args) -> int:
     from benchmark.run.runner import Runner
 
+    from benchmark.run.experiment import Cell
+    from benchmark.run.planning import raise_for_shortages, shortages
+
     experiment = _experiment(args)
     runner = Runner(experiment, Path(args.results), show_progress=False)
     targets = sorted({t for _, t in experiment.pairs})
-    made = runner.ensure_manifests({(t, s, seed) for t in targets for s in experiment.settings for seed in experiment.seeds})
+    every = [Cell(None, "*", t, s, seed) for t in targets for s in experiment.settings for seed in experiment.seeds]
+    raise_for_shortages(shortages(runner.data, every), str(experiment.path))
+    made = runner.data.ensure_manifests({(t, s, seed) for t in targets for s in experiment.settings for seed in experiment.seeds})
     print(f"{made} manifests present and verified under {Path(args.results) / 'references' / experiment.protocol}")
     return 0
 
@@ -234,17 +252,17 @@ def cmd_list(args) -> int:
 def cmd_weights(args) -> int:
     from tabulate import tabulate
 
-    from benchmark import registry
-    from benchmark.adapter import RunContext
-    from benchmark.run.experiment import load_method
+    import torch
+
     from benchmark.features.weights import WeightStore
+    from benchmark.run.experiment import load_method
+    from benchmark.run.session import open_method
 
     store = WeightStore(args.weights_dir, allow_download=False)
-    context = RunContext(device=None, weights=store, features=None, workdir=Path("."))
     rows = []
     for path in sorted((CONFIG_DIR / "methods").glob("*.yaml")):
         method = load_method(path.stem, str(path))
-        adapter = registry.resolve(method.adapter)(method.config, context)
+        adapter = open_method(method, device=torch.device("cpu"), weights=store, workdir=Path(".")).adapter
         for weight in adapter.required_weights() or [None]:
             if weight is None:
                 rows.append([method.name, "(none: random or no weights)", "", "", "", ""])

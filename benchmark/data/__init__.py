@@ -14,8 +14,7 @@ import pandas as pd
 
 from benchmark.errors import GadbenchError, closest
 
-SAMPLE_COLUMNS = ["path", "category", "split", "label", "defect", "mask"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+from benchmark.data.samples import make_table
 
 # layout -> "module:function(root, **options) -> DataFrame"
 READERS = {
@@ -58,15 +57,6 @@ class DatasetSpec:
         return self.root
 
 
-def make_table(rows: list[dict]) -> pd.DataFrame:
-    table = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
-    table["label"] = table["label"].astype(int)
-    table["mask"] = table["mask"].astype(object).where(table["mask"].notna(), None)
-    return table.sort_values(["category", "split", "label", "defect", "path"], kind="stable").reset_index(drop=True)
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_dataset(spec: DatasetSpec) -> pd.DataFrame:

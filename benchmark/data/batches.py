@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.adapter import ImageBatch, ReferenceSet
+from benchmark.api import ImageBatch, Preprocessing, ReferenceSet, TrainingData
 from benchmark.data.images import file_sha256, image_size, load_image, load_mask
-from benchmark.data.preprocessing import Preprocessing
 
 
 def image_key(path: str, preprocessing: Preprocessing) -> str:
@@ -36,7 +35,7 @@ def load_batch(rows: pd.DataFrame | list[dict], preprocessing: Preprocessing) ->
 
 def model_space_masks(batch: ImageBatch, preprocessing: Preprocessing, mask_threshold: int) -> torch.Tensor:
     """[B, size, size] masks through the same geometry as the images (all-normal when no mask)."""
-    return torch.stack([preprocessing.mask(load_mask(r.get("mask"), size, mask_threshold))
+    return torch.stack([FileReader.model_space_mask(r, size, preprocessing, mask_threshold)
                         for r, size in zip(batch.samples, batch.original_sizes)])
 
 
@@ -50,3 +49,20 @@ def load_references(rows: pd.DataFrame, preprocessing: Preprocessing, mask_thres
 def original_masks(batch: ImageBatch, mask_threshold: int) -> list[np.ndarray]:
     """Boolean masks at each image's stored size: what pixel metrics are computed on."""
     return [load_mask(r.get("mask"), size, mask_threshold) for r, size in zip(batch.samples, batch.original_sizes)]
+
+
+class FileReader:
+    """The harness's SampleReader (benchmark/api/records.py): images and masks from disk."""
+
+    load_batch = staticmethod(load_batch)
+    load_image = staticmethod(load_image)
+
+    @staticmethod
+    def model_space_mask(sample: dict, original_size: tuple[int, int], preprocessing: Preprocessing,
+                         mask_threshold: int) -> torch.Tensor:
+        return preprocessing.mask(load_mask(sample.get("mask"), original_size, mask_threshold))
+
+
+def training_data(name: str, table: pd.DataFrame, mask_threshold: int = 127) -> TrainingData:
+    """A data set as a trained method is lent it."""
+    return TrainingData(name, table, mask_threshold, FileReader())

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from benchmark.data import make_table
+from benchmark.data.samples import make_table
 from benchmark.errors import GadbenchError
 
 CATEGORY = "elpv"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.data import make_table
+from benchmark.data.samples import make_table
 from benchmark.errors import GadbenchError
 
 CATEGORY = "magnetic_tile"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.data import image_files, make_table
+from benchmark.data.samples import image_files, make_table
 from benchmark.errors import GadbenchError
 
 NORMAL_TYPES = {"good", "ok"}  # BTAD calls its normal folders 'ok' and its defects 'ko'

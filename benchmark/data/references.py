@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.atomic import atomic_file
+from benchmark.api.atomic import atomic_file
 from benchmark.errors import GadbenchError, closest
 from benchmark.data.images import file_sha256, image_size, load_mask
 
@@ -100,18 +100,64 @@ def _resolve_inside(data_root: Path, relative: str, manifest: Path) -> str:
     return str((data_root / relative).resolve())
 
 
-def normal_references(table: pd.DataFrame, category: str, k: int, seed: int, rule: str, nested_block: int) -> pd.DataFrame:
+def _sorted_good(table: pd.DataFrame, category: str) -> pd.DataFrame:
     good = table[(table.category == category) & (table.split == "train") & (table.label == 0)]
-    good = good.sort_values("path", key=lambda p: p.map(lambda s: Path(s).name), kind="stable")
+    return good.sort_values("path", key=lambda p: p.map(lambda s: Path(s).name), kind="stable")
+
+
+def normal_slice(k: int, seed: int, rule: str, nested_block: int) -> tuple[int, int]:
+    """[start, end) of the sorted train/good images that are a seed's k normal references."""
     start = seed * nested_block if rule == "nested" else seed * k
+    return start, start + k
+
+
+def normal_references(table: pd.DataFrame, category: str, k: int, seed: int, rule: str, nested_block: int) -> pd.DataFrame:
+    good = _sorted_good(table, category)
+    problems = normal_shortage(len(good), category, k, seed, rule, nested_block)
+    if problems:
+        raise GadbenchError(problems[0])
+    start, end = normal_slice(k, seed, rule, nested_block)
+    return good.iloc[start:end]
+
+
+def normal_shortage(available: int, category: str, k: int, seed: int, rule: str, nested_block: int) -> list[str]:
+    """What a seed's normal references lack ([] when nothing), each with the option that fixes it."""
     if rule == "nested" and k > nested_block:
-        raise GadbenchError(f"k={k} exceeds nested_block={nested_block}; raise protocol_options.nested_block")
-    if start + k > len(good):
-        raise GadbenchError(
-            f"category {category!r} has {len(good)} train/good images; k={k} at seed {seed} ({rule}) needs {start + k}:"
-            " use fewer seeds or a smaller k"
-        )
-    return good.iloc[start:start + k]
+        return [f"k={k} exceeds nested_block={nested_block}; raise protocol_options.nested_block"]
+    _, needed = normal_slice(k, seed, rule, nested_block)
+    if needed > available:
+        return [f"category {category!r} has {available} train/good images; k={k} at seed {seed} ({rule}) needs {needed}:"
+                " use fewer seeds or a smaller k"]
+    return []
+
+
+def abnormal_shortage(table: pd.DataFrame, category: str, setting: Setting, seed: int, protocol: str,
+                      mask_threshold: int) -> list[str]:
+    """What a setting's abnormal references lack at this seed ([] when nothing)."""
+    if not setting.k_abnormal:
+        return []
+    defects = table[(table.category == category) & (table.split == "test") & (table.label == 1)]
+    if protocol == "clean":
+        if clean_abnormal_reference(table, category, seed, mask_threshold) is None:
+            return [f"category {category!r} has no defective test image with a non-empty mask;"
+                    f" setting {setting.label} needs one (use N<k> settings for this data set)"]
+        return []
+    if defects.empty:
+        return [f"category {category!r} has no defective test images; setting {setting.label} needs one"]
+    return [f"category {category!r}, defect type {defect_type!r} has {count} test images; the official"
+            f" protocol's abnormal reference for seed {seed} needs {seed + 1} (use fewer seeds)"
+            for defect_type, count in sorted(defects.defect.value_counts().items()) if seed >= count]
+
+
+def manifest_shortages(table: pd.DataFrame, category: str, setting: Setting, seed: int, protocol: str,
+                       nested_block: int, mask_threshold: int) -> list[str]:
+    """Everything one (category, setting, seed) lacks for its manifest, one line each, without
+    drawing or writing anything: the planning pass reports them all before a run starts."""
+    if protocol not in PROTOCOLS:
+        return [f"unknown protocol {protocol!r}{closest(protocol, PROTOCOLS)}"]
+    good = int(((table.category == category) & (table.split == "train") & (table.label == 0)).sum())
+    return (normal_shortage(good, category, setting.k_normal, seed, NORMAL_RULES[protocol], nested_block)
+            + abnormal_shortage(table, category, setting, seed, protocol, mask_threshold))
 
 
 def _has_defect_pixels(row, mask_threshold: int) -> bool:
@@ -147,26 +193,19 @@ def _rows(frame: pd.DataFrame | list, role: str, data_root: Path) -> list[dict]:
 
 def make_manifest(table: pd.DataFrame, data_root: Path, category: str, setting: Setting, seed: int,
                   protocol: str, nested_block: int, mask_threshold: int) -> pd.DataFrame:
-    if protocol not in PROTOCOLS:
-        raise GadbenchError(f"unknown protocol {protocol!r}{closest(protocol, PROTOCOLS)}")
+    problems = manifest_shortages(table, category, setting, seed, protocol, nested_block, mask_threshold)
+    if problems:
+        raise GadbenchError(problems[0])
     normal = normal_references(table, category, setting.k_normal, seed, NORMAL_RULES[protocol], nested_block)
     rows = _rows(normal, "normal", data_root)
     if protocol == "clean":
         abnormal = clean_abnormal_reference(table, category, seed, mask_threshold)
-        if abnormal is None and setting.k_abnormal:
-            raise GadbenchError(f"category {category!r} has no defective test image with a non-empty mask;"
-                                f" setting {setting.label} needs one (use N<k> settings for this data set)")
         if abnormal is not None:
             rows += _rows([abnormal.to_dict()], "abnormal" if setting.k_abnormal else "excluded", data_root)
     elif setting.k_abnormal:
         defects = table[(table.category == category) & (table.split == "test") & (table.label == 1)]
-        if defects.empty:
-            raise GadbenchError(f"category {category!r} has no defective test images; setting {setting.label} needs one")
         for defect_type in sorted(defects.defect.unique()):
             files = defects[defects.defect == defect_type].sort_values("path")
-            if seed >= len(files):
-                raise GadbenchError(f"category {category!r}, defect type {defect_type!r} has {len(files)} test images; the official"
-                                    f" protocol's abnormal reference for seed {seed} needs {seed + 1} (use fewer seeds)")
             rows += _rows([files.iloc[seed].to_dict()], "abnormal", data_root)
         normal_queries = table[(table.category == category) & (table.split == "test") & (table.label == 0)].sort_values("path")
         types = sorted(defects.defect.unique())

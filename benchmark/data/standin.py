@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmark.atomic import staged_directory
-from benchmark.data.prepare.brats import NEW_NAMES  # 2021 modality name -> 2023+ name
+from benchmark.api.atomic import staged_directory
+from benchmark.data.prepare.brats import NEW_NAMES, BratsRules, subject_in_test  # NEW_NAMES: 2021 name -> 2023+ name
 from benchmark.data.synthetic import DOMAINS, render_sample
 
-STANDIN_VERSION = 1  # bump when what is written changes, so stale rehearsal data is rewritten
+STANDIN_VERSION = 2  # bump when what is written changes, so stale rehearsal data is rewritten (2: sized by the grid)
 SCALE = 12  # stand-in images are the real size divided by this
 RENDER_SIZE = 128
 
@@ -49,7 +49,10 @@ VISA = {
     "fryum": (1500, 1000), "macaroni1": (1500, 1000), "macaroni2": (1500, 1000), "pcb1": (1404, 1000),
     "pcb2": (1404, 1000), "pcb3": (1404, 1000), "pcb4": (1404, 1000), "pipe_fryum": (1500, 1000),
 }
-COUNTS = {"train_good": 12, "test_good": 4, "test_per_defect": 2}
+# the fewest images per category and split; a rehearsal asks for more where its grid needs them
+# (benchmark/run/rehearsal.py:standin_counts): train/good for the seeds' normal references, per
+# defect type for the official protocol's per-type abnormal references
+MIN_COUNTS = {"train_good": 4, "test_good": 4, "test_per_defect": 2}
 BRATS_SHAPE = (40, 40, 155)  # (240, 240, 155) in BraTS; 155 axial slices so that slice 83 exists
 BRATS_LESION_SLICES = (70, 96)  # lesion subjects have tumour here, normal ones only far from slice 83
 
@@ -85,19 +88,20 @@ def _mask_pil(mask: np.ndarray, values: int = 255) -> Image.Image:
     return Image.fromarray(mask.astype(np.uint8) * values)
 
 
-def _plan(defects) -> list[tuple[str, str, int]]:
-    plan = [("train", "good", COUNTS["train_good"]), ("test", "good", COUNTS["test_good"])]
-    return plan + [("test", defect, COUNTS["test_per_defect"]) for defect in defects]
+def _plan(defects, counts: dict | None) -> list[tuple[str, str, int]]:
+    counts = {**MIN_COUNTS, **(counts or {})}
+    plan = [("train", "good", counts["train_good"]), ("test", "good", counts["test_good"])]
+    return plan + [("test", defect, counts["test_per_defect"]) for defect in defects]
 
 
-def generate_mvtec(out: Path, categories: list[str] | None = None) -> Path:
+def generate_mvtec(out: Path, categories: list[str] | None = None, counts: dict | None = None) -> Path:
     """MVTec AD's layout: <category>/{train/good, test/<type>, ground_truth/<type>/<stem>_mask.png}, PNG."""
     with staged_directory(out) as staging:
         for category in categories or sorted(MVTEC):
             defects, side, grayscale = MVTEC[category]
             size = round(side / SCALE)
             domain = "textures" if category in MVTEC_TEXTURES else "objects"
-            for split, defect, n in _plan(defects):
+            for split, defect, n in _plan(defects, counts):
                 for index in range(n):
                     image, mask = _synthetic(domain, category, defect, split, index, size)
                     path = staging / category / split / defect / f"{index:03d}.png"
@@ -110,7 +114,7 @@ def generate_mvtec(out: Path, categories: list[str] | None = None) -> Path:
     return Path(out)
 
 
-def generate_visa(out: Path, categories: list[str] | None = None) -> Path:
+def generate_visa(out: Path, categories: list[str] | None = None, counts: dict | None = None) -> Path:
     """VisA's original layout: split_csv/1cls.csv and <category>/Data/Images/{Normal,Anomaly}/*.JPG,
     <category>/Data/Masks/Anomaly/*.png holding class ids (1-3), not 0/255."""
     rows = ["object,split,label,image,mask"]
@@ -118,7 +122,7 @@ def generate_visa(out: Path, categories: list[str] | None = None) -> Path:
         for category in categories or sorted(VISA):
             width, height = (round(v / SCALE) for v in VISA[category])
             normal_index = anomaly_index = 0
-            for split, defect, n in _plan(["anomaly"]):
+            for split, defect, n in _plan(["anomaly"], counts):
                 for _ in range(n):
                     anomalous = defect != "good"
                     index = anomaly_index if anomalous else normal_index
@@ -161,24 +165,52 @@ def _brats_volumes(subject: str, lesion: bool) -> dict[str, np.ndarray]:
     return volumes
 
 
-def generate_brats(out: Path, naming: str = "2023", subjects: int = 8, subject_names: list[str] | None = None) -> Path:
+def _default_name(naming: str, number: int) -> str:
+    return ("BraTS2021_{:05d}" if naming == "2021" else "BraTS-GLI-{:05d}-000").format(number)
+
+
+def brats_subjects(naming: str, counts: dict) -> list[tuple[str, bool]]:
+    """(subject name, has a lesion) for enough subjects that `gadbench prepare brats` with its
+    default rules (slice 83, the sha256 split of normal subjects) yields at least
+    counts['train_good'] train/good and counts['test_good'] test/good slices and
+    counts['test_per_defect'] lesion slices: even-numbered subjects have a lesion, odd-numbered ones
+    go to train or test by the prepare rule, which is read here rather than guessed."""
+    counts = {**MIN_COUNTS, **counts}
+    wanted = {"lesion": counts["test_per_defect"], "train": counts["train_good"], "test": counts["test_good"]}
+    have, subjects, number = {"lesion": 0, "train": 0, "test": 0}, [], 0
+    while any(have[k] < wanted[k] for k in wanted):
+        name, lesion = _default_name(naming, number), number % 2 == 0
+        side = "lesion" if lesion else ("test" if subject_in_test(name, BratsRules().normal_test_fraction) else "train")
+        if have[side] < wanted[side]:
+            subjects.append((name, lesion))
+            have[side] += 1
+        number += 1
+    return subjects
+
+
+def generate_brats(out: Path, naming: str = "2023", subjects: int = 8, subject_names: list[str] | None = None,
+                   counts: dict | None = None) -> Path:
     """BraTS subject folders of NIfTI volumes in the 2021 (<id>_flair.nii.gz) or 2023+ naming
-    (<id>-t2f.nii.gz); even-numbered subjects have a tumour through slice 83. Every other subject is
-    written as uncompressed .nii, which releases also ship. One subject name gives the same volumes
-    in both namings."""
+    (<id>-t2f.nii.gz). With `counts`, the subjects of brats_subjects (enough for those slices after
+    the default split); otherwise `subjects` (or `subject_names`), even-numbered ones with a
+    tumour through slice 83. Every other subject is written as uncompressed .nii, which releases
+    also ship. One subject name gives the same volumes in both namings."""
     import nibabel
 
     if naming not in ("2021", "2023"):
         raise ValueError(f"naming must be '2021' or '2023', not {naming!r}")
-    default = "BraTS2021_{:05d}" if naming == "2021" else "BraTS-GLI-{:05d}-000"
-    names = subject_names or [default.format(i) for i in range(subjects)]
+    if counts is not None:
+        chosen = brats_subjects(naming, counts)
+    else:
+        chosen = [(name, number % 2 == 0) for number, name in
+                  enumerate(subject_names or [_default_name(naming, i) for i in range(subjects)])]
     separator = "_" if naming == "2021" else "-"
     with staged_directory(out) as staging:
-        for number, subject in enumerate(names):
+        for number, (subject, lesion) in enumerate(chosen):
             folder = staging / subject
             folder.mkdir()
             suffix = ".nii" if number % 2 else ".nii.gz"
-            for modality, volume in _brats_volumes(subject, lesion=number % 2 == 0).items():
+            for modality, volume in _brats_volumes(subject, lesion=lesion).items():
                 name = modality if naming == "2021" or modality == "seg" else NEW_NAMES[modality]
                 nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), str(folder / f"{subject}{separator}{name}{suffix}"))
     return Path(out)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from benchmark.atomic import staged_directory
+from benchmark.api.atomic import staged_directory
 from benchmark.data.mvtec import read_mvtec
 from benchmark.errors import GadbenchError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.data import make_table
+from benchmark.data.samples import make_table
 from benchmark.data.mvtec import read_mvtec
 from benchmark.errors import GadbenchError
 

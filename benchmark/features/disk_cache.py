@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.atomic import atomic_file, write_text
+from benchmark.api.atomic import atomic_file, write_text
 
 
 def _digest(text: str) -> str:

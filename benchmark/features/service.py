@@ -11,10 +11,11 @@ from collections import OrderedDict
 
 import torch
 
-from benchmark.adapter import ImageBatch
+from benchmark.api import ImageBatch, Preprocessing
+from benchmark.config import backbone_entry
 from benchmark.features.backbones import BackboneHandle, build_backbone
 from benchmark.features.disk_cache import DiskFeatureCache
-from benchmark.features.weights import WeightStore
+from benchmark.features.weights import WeightFile, WeightStore
 
 
 class FeatureService:
@@ -40,6 +41,17 @@ class FeatureService:
             handle.module.to(self.device)
             self._backbones[key] = handle
         return self._backbones[key]
+
+    @staticmethod
+    def preprocessing(backbone: str, size: int, **geometry) -> Preprocessing:
+        """The geometry a method asks for, with the mean / std its backbone was trained with."""
+        entry = backbone_entry(backbone)
+        return Preprocessing(size=size, mean=tuple(entry["mean"]), std=tuple(entry["std"]), **geometry)
+
+    @staticmethod
+    def required_weights(backbone: str) -> list[WeightFile]:
+        """The weight file a backbone of configs/backbones.yaml loads (without building it)."""
+        return [WeightFile.from_config(backbone, backbone_entry(backbone)["weights"])]
 
     def frozen_model(self, key: tuple, build):
         """A frozen model (a CLIP, with its text embeddings) built once per process and shared by

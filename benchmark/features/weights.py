@@ -142,7 +142,7 @@ class WeightStore:
             return
         if path.parent != self.dir:  # inside an installed package (pinned in the catalogue): nothing to record here
             return
-        from benchmark.atomic import write_text
+        from benchmark.api.atomic import write_text
 
         recorded[weight.file] = actual
         write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(recorded.items())), self.lock_file)

@@ -1,4 +1,4 @@
-"""The efficiency table from the rows `gadbench bench` measured (benchmark/outputs/efficiency.py):
+"""The efficiency table from the rows `gadbench bench` measured (benchmark/bench/):
 <results>/tables/<bench>/efficiency.csv with every row's conditions, efficiency.tex with one table
 per device, so that CPU and GPU figures never share a column."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.atomic import write_text
-from benchmark.outputs.bench_rounds import NOISY_SPREAD
+from benchmark.api.atomic import write_text
+from benchmark.bench.bursts import NOISY_SPREAD
 from benchmark.errors import GadbenchError
 from benchmark.outputs.tables import RenderedTable
 from benchmark.run.results import read_cell
@@ -61,6 +61,22 @@ def _cell(value, column: str) -> str:
     return str(value)
 
 
+def _label_and_notes(record: dict) -> tuple[str, list[str]]:
+    """A row's label with its marks, and the notes that explain them."""
+    label, notes = record["label"] + (" (random w.)" if record.get("random_weights") is True else ""), []
+    if record.get("rehearsal") is True:
+        label += " ◊"
+        notes.append("◊ rehearsal: random weights, the shortest schedule and timing loop; measures nothing")
+    if isinstance(record.get("overrides"), dict) and record["overrides"]:
+        label += " §"
+        notes.append(f"§ {record['label']}: measured with the config overrides {json.dumps(record['overrides'])}")
+    if record.get("noisy") is True:
+        label += " (!)"
+        notes.append(f"(!) throughput spread over rounds above {round(100 * NOISY_SPREAD)} %: the machine was busy;"
+                     " measure again with `gadbench bench --force`")
+    return label, notes
+
+
 def write_efficiency_tables(results_root: Path, name: str, echo=print, rendered: list | None = None) -> list[Path]:
     """<results>/tables/<bench>/efficiency.csv (every row with its conditions) and efficiency.tex
     (one table per device)."""
@@ -77,17 +93,8 @@ def write_efficiency_tables(results_root: Path, name: str, echo=print, rendered:
             ["device", "device_name", "precision", "threads", "memory_kind"], dropna=False, sort=True):
         lines, notes = [], []
         for record in group.to_dict("records"):
-            label = record["label"] + (" (random w.)" if record.get("random_weights") is True else "")
-            if record.get("rehearsal") is True:
-                label += " ◊"
-                notes.append("◊ rehearsal: random weights, the shortest schedule and timing loop; measures nothing")
-            if isinstance(record.get("overrides"), dict) and record["overrides"]:
-                label += " §"
-                notes.append(f"§ {record['label']}: measured with the config overrides {json.dumps(record['overrides'])}")
-            if record.get("noisy") is True:
-                label += " (!)"
-                notes.append(f"(!) throughput spread over rounds above {round(100 * NOISY_SPREAD)} %: the machine was busy;"
-                             " measure again with `gadbench bench --force`")
+            label, record_notes = _label_and_notes(record)
+            notes += record_notes
             if record["status"] != "done":
                 lines.append([label] + ["–"] * (len(COLUMNS) - 1))
                 continue

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark import registry
 from benchmark.config import CONFIG_DIR, load_yaml
 from benchmark.data import read_dataset
 from benchmark.errors import GadbenchError
@@ -59,7 +58,7 @@ def test_images(experiment: Experiment, target: str) -> int | None:
 def estimate(experiment: Experiment, figures: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for method in experiment.methods:
-        cls = registry.resolve(method.adapter)
+        cls = method.adapter_class
         cells = [c for c in experiment.cells() if c.method.name == method.name]
         sizes = [test_images(experiment, c.target) for c in cells]
         figure = figures.get(method.name)

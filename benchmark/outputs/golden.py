@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.atomic import write_text
+from benchmark.api.atomic import write_text
 from benchmark.errors import GadbenchError
 from benchmark.run.experiment import Experiment
-from benchmark.run.results import DONE
+from benchmark.run.record import DONE
 from benchmark.outputs.tables import collect
 
 GATED_METRICS = ("image_auroc", "pixel_auroc")

@@ -12,8 +12,6 @@ Everything is read from the cell files; only the qualitative maps are computed a
 
 from __future__ import annotations
 
-import os
-
 import textwrap
 import time
 from pathlib import Path
@@ -26,12 +24,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from benchmark.atomic import atomic_file, write_text  # noqa: E402
-from benchmark.errors import GadbenchError, MissingWeights  # noqa: E402
+from benchmark.api.atomic import atomic_file, write_text  # noqa: E402
+from benchmark.errors import GadbenchError  # noqa: E402
 from benchmark.run.experiment import Experiment  # noqa: E402
 from benchmark.data.images import load_image, load_mask  # noqa: E402
-from benchmark.run.engine import evaluate_plan  # noqa: E402
-from benchmark.run.results import DONE, cell_path, read_cell  # noqa: E402
+from benchmark.run.qualitative import own_setting, qualitative_maps  # noqa: E402
+from benchmark.run.record import DONE  # noqa: E402
 from benchmark.outputs.tables import collect, write_tables  # noqa: E402
 from benchmark.outputs.cd_diagram import critical_difference  # noqa: E402
 
@@ -41,16 +39,6 @@ def _save(figure, path: Path) -> Path:
         figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
-
-
-def own_setting(experiment: Experiment, method_name: str, k: int, frame: pd.DataFrame) -> str | None:
-    """The setting a method is shown in at k: N^k+A^1 if it ran there, else N^k."""
-    ran = frame[(frame.method == method_name) & (frame.k == k)]
-    for abnormal in (1, 0):
-        settings = ran[ran.abnormal == abnormal].setting.unique()
-        if len(settings):
-            return settings[0]
-    return None
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -129,65 +117,6 @@ def abnormal_reference_gain(experiment: Experiment, frame: pd.DataFrame):
     axis.set_title("Gain from the abnormal reference: solid N$^k$, dashed N$^k$+A$^1$", fontsize=9)
     axis.legend(fontsize=6.5)
     return figure
-
-
-def _unavailable(record: dict | None) -> str | None:
-    """Why a method has no maps for this cell (None: it has)."""
-    if not record or record.get("status") != DONE:
-        return (record or {}).get("reason") or "not run"
-    if record.get("checkpoint") and not Path(record["checkpoint"]).exists():
-        return "checkpoint missing: rerun the cell"  # the report never trains a model again
-    return None
-
-
-def qualitative_maps(runner, experiment: Experiment, frame: pd.DataFrame, k: int, images_per_category: int, seed: int = 0):
-    """[(target, category, image row, {method label: map or reason})] for the chosen images."""
-    panels = []
-    for target in sorted({t for _, t in experiment.pairs}):
-        source = next(s for s, t in experiment.pairs if t == target)
-        spec = experiment.datasets[target]
-        categories = sorted(runner.table(target).category.unique())
-        chosen: dict[str, pd.DataFrame] = {}  # the first method's plan picks the images for all
-        maps = {c: [{} for _ in range(images_per_category)] for c in categories}
-        for method in experiment.methods:
-            setting_label = own_setting(experiment, method.name, k, frame)
-            if setting_label is None:
-                continue
-            cell = next((c for c in experiment.cells() if c.method.name == method.name and c.target == target
-                         and c.setting.label == setting_label and c.seed == seed and c.source in (source, "*")), None)
-            record = read_cell(cell_path(runner.results_root, cell, experiment.protocol)) if cell else None
-            reason = _unavailable(record)
-            if reason is None:
-                try:
-                    adapter, _ = runner.adapter_for(cell)
-                except MissingWeights as error:
-                    reason = str(error)
-            if reason is not None:
-                for slot in (slot for category in categories for slot in maps[category]):
-                    slot[method.label] = reason
-                continue
-            for category in categories:
-                for position, amap in _category_maps(runner, adapter, cell, category, chosen, images_per_category):
-                    maps[category][position][method.label] = amap
-        for category, rows in chosen.items():
-            for slot, (_, row) in zip(maps[category], rows.iterrows()):
-                panels.append((target, category, row, slot, spec.mask_threshold))
-    return panels
-
-
-def _category_maps(runner, adapter, cell, category: str, chosen: dict, images_per_category: int):
-    """(position among the chosen images, map or reason), scored by the engine as the run scored them."""
-    spec = runner.experiment.datasets[cell.target]
-    _, plan = runner.plan(cell, category)
-    if category not in chosen:
-        queries = pd.concat([g.queries for g in plan.groups])
-        chosen[category] = queries[queries.label == 1].sort_values("path").head(images_per_category).reset_index(drop=True)
-    wanted = chosen[category]
-    result = evaluate_plan(adapter, category, plan, files_root=spec.files_root, mask_threshold=spec.mask_threshold,
-                           k_abnormal=cell.setting.k_abnormal, only=set(wanted.path), with_metrics=False)
-    by_path = dict(zip(result.paths, result.maps)) if result.maps else {}
-    for position, path in zip(wanted.index, wanted.path):
-        yield position, by_path.get(os.path.relpath(path, spec.files_root), "image-level method: no map")
 
 
 def qualitative_grid(panels: list, method_labels: list[str]):

@@ -17,36 +17,33 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark.atomic import write_text
+from benchmark.api.atomic import write_text
 from benchmark.outputs.significance import LEVEL_TEXT, mark_not_worse, pooled_interval, with_replicates
 from benchmark.run.experiment import Experiment
-from benchmark.run.results import DONE, recorded_cells
+from benchmark.run.record import DONE, MISSING
+from benchmark.run.results import recorded_cells
 
 TABLE_METRICS = [("image_auroc", "Image"), ("pixel_auroc", "Pixel")]
 
 
 def collect(experiment: Experiment, results_root: Path) -> pd.DataFrame:
-    """One row per planned cell (also the missing ones), with its status and mean metrics."""
+    """One row per cell of the grid (also the missing ones), with its status and mean metrics."""
     rows = []
-    for cell, data in recorded_cells(experiment, Path(results_root)):
-        data = data or {}
-        status = data.get("status", "missing")
-        method_info = data.get("method") or {}
+    for cell, record in recorded_cells(experiment, Path(results_root)):
         row = {"method": cell.method.name, "label": cell.method.label, "setting": cell.setting.label,
                "k": cell.setting.k_normal, "abnormal": cell.setting.k_abnormal, "source": cell.source,
-               "target": cell.target, "seed": cell.seed, "status": status,
-               "reason": data.get("reason") or data.get("error") or ("not run yet" if status == "missing" else ""),
-               "random_weights": bool(method_info.get("random_weights")),
-               "target_selected": method_info.get("checkpoint_policy") == "official-target-selected",
-               "rehearsal": bool(data.get("rehearsal")), "limit": data.get("limit"),
-               "per_category": (data.get("metrics") or {}).get("per_category", {}),
-               "per_image": data.get("per_image") or {},
-               "bootstrap": (data.get("metrics") or {}).get("bootstrap")}
-        for name, value in ((data.get("metrics") or {}).get("mean") or {}).items():
+               "target": cell.target, "seed": cell.seed, "status": record.status if record else MISSING,
+               "reason": record.why_not if record else "not run yet",
+               "random_weights": bool(record and record.random_weights),
+               "target_selected": bool(record and record.target_selected),
+               "rehearsal": bool(record and record.rehearsal), "limit": record.limit if record else None,
+               "per_category": record.per_category if record else {},
+               "per_image": record.per_image if record else {},
+               "bootstrap": record.bootstrap if record else None}
+        for name, value in (record.mean_metrics if record else {}).items():
             row[name] = np.nan if value is None else value
         rows.append(row)
-    frame = pd.DataFrame(rows)
-    return frame
+    return pd.DataFrame(rows)
 
 
 def _row_order(frame: pd.DataFrame, experiment: Experiment) -> list[tuple[str, str]]:

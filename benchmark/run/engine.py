@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from benchmark.adapter import Adapter, ImageBatch, ReferenceSet
+from benchmark.api import Adapter, ImageBatch, ReferenceSet
 from benchmark.data.batches import load_batch, load_references, original_masks
 from benchmark.data.references import Plan, QueryGroup
 from benchmark.run.intervals import pixel_histograms

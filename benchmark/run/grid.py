@@ -11,7 +11,9 @@ from tqdm.auto import tqdm
 
 from benchmark.run import parallel
 from benchmark.run.experiment import Cell
-from benchmark.run.results import DONE, FAILED, SKIPPED, read_cell
+from benchmark.run.planning import raise_for_shortages, shortages
+from benchmark.run.record import DONE, FAILED, SKIPPED
+from benchmark.run.results import read_record
 from benchmark.run.runner import Runner
 
 
@@ -22,8 +24,9 @@ def run_grid(runner: Runner, cells: list[Cell] | None = None, jobs: int = 1, sch
     `threads_per_job` says otherwise: CPU results are bit-identical only for equal thread counts
     (docs/reliability.md), and every cell records its count."""
     cells = runner.experiment.cells() if cells is None else cells
-    runner.sweep_temporary_files()
-    runner.preflight(cells)
+    raise_for_shortages(shortages(runner.data, cells), str(runner.experiment.path))  # before anything is written
+    runner.data.sweep_temporary_files()
+    runner.data.preflight(cells)
     todo = [c for c in cells if not runner.is_finished(c)]
     summary = {"total": len(cells), "already_done": len(cells) - len(todo), DONE: 0, FAILED: 0, SKIPPED: 0}
     if todo and (jobs > 1 or scheduler):
@@ -33,7 +36,7 @@ def run_grid(runner: Runner, cells: list[Cell] | None = None, jobs: int = 1, sch
         bar = tqdm(todo, desc="cells", unit="cell", disable=not runner.show_progress)
         for cell in bar:
             bar.set_postfix_str(cell.id)
-            statuses.append((cell.id, runner.run_cell(cell)["status"]))
+            statuses.append((cell.id, runner.run_cell(cell).status))
     for _, status in statuses:
         summary[status] += 1
     return summary
@@ -49,6 +52,6 @@ def _run_elsewhere(runner: Runner, todo: list[Cell], jobs: int, scheduler: str |
     statuses = parallel.run_dask(spec, groups, scheduler) if scheduler else parallel.run_joblib(spec, groups, jobs)
     for cell_id, status in statuses:
         if status != DONE:
-            record = read_cell(runner.path(next(c for c in todo if c.id == cell_id)))
-            tqdm.write(f"{status}: {cell_id}: {record.get('reason') or record.get('error')}", file=sys.stderr)
+            record = read_record(runner.path(next(c for c in todo if c.id == cell_id)))
+            tqdm.write(f"{status}: {cell_id}: {record.why_not if record else 'no cell file'}", file=sys.stderr)
     return statuses

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 
-from benchmark.adapter import Adapter, ImageBatch, Prediction
-from benchmark.data.preprocessing import Preprocessing
+from benchmark.api import Adapter, ImageBatch, Prediction
+from benchmark.api.preprocessing import Preprocessing
 
 BLUR_PLACES = ("original", "input")
 

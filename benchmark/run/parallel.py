@@ -36,11 +36,9 @@ class WorkerSpec:
 
 
 def group_cells(cells: list[Cell]) -> list[list[Cell]]:
-    from benchmark import registry
-
     groups: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
-        trains = registry.resolve(cell.method.adapter).trains_on_source
+        trains = cell.method.adapter_class.trains_on_source
         groups[(cell.method.name, cell.source if trains else "*", "*" if trains else cell.target)].append(cell)
     return list(groups.values())
 
@@ -49,7 +47,8 @@ def run_group(spec: WorkerSpec, cell_ids: list[str]) -> list[tuple[str, str]]:
     """Runs in the worker: rebuild the runner, run the named cells, return (cell id, status)."""
     import torch
 
-    from benchmark.run.runner import Runner, pick_device
+    from benchmark.run.runner import Runner
+    from benchmark.run.session import pick_device
     from benchmark.features.weights import WeightStore
 
     if Path(spec.cwd).is_dir():
@@ -60,7 +59,7 @@ def run_group(spec: WorkerSpec, cell_ids: list[str]) -> list[tuple[str, str]]:
                     WeightStore(spec.weights_dir, spec.allow_download), batch_size=spec.batch_size,
                     show_progress=False, cache_dir=Path(spec.cache_dir) if spec.cache_dir else None)
     wanted = set(cell_ids)
-    return [(cell.id, runner.run_cell(cell)["status"]) for cell in spec.experiment.cells() if cell.id in wanted]
+    return [(cell.id, runner.run_cell(cell).status) for cell in spec.experiment.cells() if cell.id in wanted]
 
 
 def run_joblib(spec: WorkerSpec, groups: list[list[Cell]], jobs: int) -> list[tuple[str, str]]:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.atomic import atomic_file
+from benchmark.api.atomic import atomic_file
 from benchmark.run.experiment import Cell, Experiment
-
-DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+from benchmark.run.record import CellRecord
 
 
 def cell_path(results_root: Path, cell: Cell, protocol: str) -> Path:
@@ -51,29 +50,32 @@ def read_cell(path: Path) -> dict | None:
         return None
 
 
-def recorded_cells(experiment: Experiment, results_root: Path) -> list[tuple[Cell, dict | None]]:
-    """The grid as the cell files record it: (cell, its record or None), in the YAML's order.
-    A cell found on disk is taken as written (a training-free method's one cell per target
-    is stored under source 'any'); only for a cell with no file does the adapter class say
-    whether it belongs to the grid at all (its settings) and where it would be."""
-    out, seen, planned = [], set(), None
+def read_record(path: Path) -> CellRecord | None:
+    """A cell file as a CellRecord, or None if absent or unreadable (it is then redone)."""
+    data = read_cell(path)
+    return CellRecord.from_json(data, path) if data else None
+
+
+def recorded_cells(experiment: Experiment, results_root: Path) -> list[tuple[Cell, CellRecord | None]]:
+    """The grid as the cell files on disk record it: (cell, its record or None), in the YAML's
+    order. The files are found by globbing each method's folder and kept when the cell they
+    record belongs to this grid (its pair, or any source for a training-free method; its
+    settings and seeds); the YAML adds only order, labels and the cells with no file."""
+    settings = {s.label: s for s in experiment.settings}
+    pairs, targets, seeds = set(experiment.pairs), {t for _, t in experiment.pairs}, set(experiment.seeds)
+    found = {}
     for method in experiment.methods:
-        for source, target in experiment.pairs:
-            for setting in experiment.settings:
-                for seed in experiment.seeds:
-                    record, cell = None, None
-                    for src in (source, "*"):
-                        candidate = Cell(method, src, target, setting, seed)
-                        record = read_cell(cell_path(results_root, candidate, experiment.protocol))
-                        if record and record.get("cell", {}).get("setting") == setting.label:
-                            cell = candidate
-                            break
-                    if cell is None:  # nothing on disk: does the grid have this cell, and under which source?
-                        planned = planned if planned is not None else {c.id: c for c in experiment.cells()}
-                        cell = next((planned[i] for i in (Cell(method, s, target, setting, seed).id
-                                                          for s in (source, "*")) if i in planned), None)
-                        record = None
-                    if cell is not None and cell.id not in seen:
-                        seen.add(cell.id)
-                        out.append((cell, record))
-    return out
+        folder = Path(results_root) / "runs" / experiment.protocol / method.name
+        for path in sorted(folder.glob("*/*/seed*.json")):
+            record = read_record(path)
+            if record is None:
+                continue
+            recorded = record.cell
+            belongs = (recorded.target in targets) if recorded.source == "*" else ((recorded.source, recorded.target) in pairs)
+            if belongs and recorded.setting in settings and recorded.seed in seeds:
+                cell = Cell(method, recorded.source, recorded.target, settings[recorded.setting], recorded.seed)
+                found.setdefault(cell.id, (cell, record))
+    planned = experiment.cells()
+    order = {cell.id: index for index, cell in enumerate(planned)}
+    rows = list(found.values()) + [(cell, None) for cell in planned if cell.id not in found]
+    return sorted(rows, key=lambda row: order.get(row[0].id, len(order)))

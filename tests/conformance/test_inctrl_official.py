@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from baselines.inctrl import InCTRLAdapter, focal_loss
-from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
+from benchmark.api import ImageBatch, ReferenceSet
 from benchmark.features.service import FeatureService
 from benchmark.features.weights import WeightStore
 from recipe_weights import fill, recipe_images
+from tests.contexts import run_context
 
 FOLDER = Path(__file__).resolve().parents[1] / "fixtures" / "conformance" / "inctrl"
 
@@ -36,7 +37,7 @@ def adapter(layout: str) -> InCTRLAdapter:
     config = {"clip_model": "inctrl-tiny", "clip_model_config": str(FOLDER / "inctrl-tiny.json"), "allow_random_weights": True,
               "batch_layout": layout}
     store = WeightStore()
-    inctrl = InCTRLAdapter(config, RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), None))
+    inctrl = InCTRLAdapter(config, run_context(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), None))
     fill(inctrl.clip)
     inctrl.heads = inctrl._new_heads()
     assert set(fill(inctrl.heads)) <= set(torch.load(FOLDER / "inctrl_official.pt", weights_only=True)["recipe_keys"])
@@ -82,7 +83,7 @@ def test_one_training_step_matches_the_official_loss_and_gradients(case, images)
         inctrl._encoded[name] = (embedding[0], [b[0] for b in blocks])
     heads = inctrl.heads.train()
     reference_paths = [[f"r{i}", f"r{4 + i}"] for i in range(4)]  # query i: references i and 4 + i (shot-major inputs)
-    out = inctrl._scores(heads, [f"q{i}" for i in range(4)], reference_paths, case["types"])
+    out = inctrl._scores(heads, [f"q{i}" for i in range(4)], reference_paths, case["types"], source=None)  # all cached
     labels = case["train_labels"]
     loss = focal_loss(out["final"], labels, "code") + focal_loss(out["image_residual_score"], labels, "code")
     torch.testing.assert_close(out["final"].detach(), case["train_final"], atol=1e-5, rtol=1e-5)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.data.preprocessing import Preprocessing
+from benchmark.api.preprocessing import Preprocessing
 from benchmark.run.maps import maps_at_original
 from benchmark.features.pos_embed import dinov2_hub_resize
 from nagl.model import NAGL, downsample_mask, from_official_state_dict, nearest_normal_index, sine_position_encoding
@@ -60,9 +60,12 @@ def test_forward_matches_the_official_code(name):
     assert torch.equal(out["patch_mask"], case["patch_mask"][:, 0])
     assert torch.equal(out["query_nn_index"], case["query_nn_index"])
     assert torch.equal(out["abnormal_nn_index"], case["abnormal_nn_index"])
+    # 2e-6: the float32 scores are in [0, 1], where the fixtures' CPU and this one may sum the
+    # 384-channel cosines in another order (measured here: 1.13e-6, about 10 ulp at 1.0); a wrong
+    # formula moves them by far more
     for key in ("s_n", "s_a", "score"):
-        torch.testing.assert_close(out[key], case[key], atol=1e-6, rtol=0)
-    torch.testing.assert_close(out["image_score"][0], case["image_score"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[key], case[key], atol=2e-6, rtol=0)
+    torch.testing.assert_close(out["image_score"][0], case["image_score"], atol=2e-6, rtol=0)
     if "residual_proxies" in case:
         torch.testing.assert_close(out["residual_proxies"], case["residual_proxies"], atol=1e-5, rtol=0)
         torch.testing.assert_close(out["anomaly_proxies"], case["anomaly_proxies"], atol=1e-5, rtol=0)

@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from baselines.winclip import OPENAI_MEAN, OPENAI_STD, WinCLIPAdapter
-from benchmark.adapter import ImageBatch, ReferenceSet, RunContext
+from benchmark.api import ImageBatch, ReferenceSet
 from benchmark.features.service import FeatureService
 from benchmark.features.weights import WeightStore
 from stored_features import scored
+from tests.contexts import run_context
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-clip.json"
 
@@ -48,7 +49,7 @@ def test_scores_and_maps_equal_anomalibs_winclip(tiny_weights):
     store = WeightStore(path.parent)
     config = {"clip_model": "tiny-clip", "clip_model_config": str(TINY), "image_size": 64, "class_names": "raw",
               "weights": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
-    adapter = WinCLIPAdapter(config, RunContext(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), None))
+    adapter = WinCLIPAdapter(config, run_context(torch.device("cpu"), store, FeatureService(store, torch.device("cpu")), None))
     torch.manual_seed(4)
     references, queries = torch.randn(2, 3, 64, 64), torch.randn(3, 3, 64, 64)
     size = [(64, 64)] * 3  # at the input size the paste-back is the identity
@@ -82,10 +83,10 @@ def test_squash_preprocessing_matches_anomalibs_pre_processor():
     pixels = np.asarray(Image.fromarray(pixels).resize((105, 75)).resize((420, 300), Image.BICUBIC))  # smooth content
     transform = WinClip.configure_pre_processor().transform
     expected = transform(torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] / 255)[0]
-    adapter = WinCLIPAdapter({"allow_random_weights": True}, RunContext(torch.device("cpu"), None, None, None))
+    adapter = WinCLIPAdapter({"allow_random_weights": True}, run_context(torch.device("cpu"), None, None, None))
     ours = adapter.preprocessing().image(Image.fromarray(pixels))
     assert ours.shape == expected.shape == (3, 240, 240)
     assert (ours - expected).abs().max() < 2.5 / 255 / min(OPENAI_STD)
-    crop = WinCLIPAdapter({"resize": "crop", "allow_random_weights": True}, RunContext(torch.device("cpu"), None, None, None))
+    crop = WinCLIPAdapter({"resize": "crop", "allow_random_weights": True}, run_context(torch.device("cpu"), None, None, None))
     assert (crop.preprocessing().image(Image.fromarray(pixels)) - expected).abs().max() > 0.5  # the crop is another view
     assert tuple(adapter.preprocessing().mean) == OPENAI_MEAN

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark import registry
-from benchmark.adapter import RunContext
+from benchmark.run.session import open_method
 from benchmark.data.batches import load_batch
 from benchmark.config import CONFIG_DIR
 from benchmark.run.experiment import load_experiment
@@ -69,9 +68,9 @@ def timed_grid(experiment, results: Path, cache: Path, recording: bool) -> tuple
 def one_pass(runner: Runner, experiment, batch_size: int = 16) -> tuple[float, int]:
     """Decode + preprocess + backbone, once per recorded unique image, grouped by backbone."""
     preprocessings = {}
-    context = RunContext(runner.device, runner.weights, runner.features, Path(tempfile.gettempdir()))
     for method in experiment.methods:
-        adapter = registry.resolve(method.adapter)(method.config, context)
+        adapter = open_method(method, device=runner.device, weights=runner.weights, features=runner.features,
+                              workdir=Path(tempfile.gettempdir())).adapter
         preprocessing = adapter.preprocessing()
         preprocessings[preprocessing.key] = preprocessing
     groups: dict[tuple, tuple] = {}
@@ -92,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
     full = load_experiment(args.experiment)
-    free = [m.name for m in full.methods if not registry.resolve(m.adapter).trains_on_source]
+    free = [m.name for m in full.methods if not m.adapter_class.trains_on_source]
     experiment = load_experiment(args.experiment, methods=free)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from alternate import alternate  # tools/timing/alternate.py, beside this script
-from benchmark.data.preprocessing import Preprocessing
+from benchmark.api.preprocessing import Preprocessing
 from benchmark.run.maps import maps_at_original
 
 # (what, map side, preprocessing, original (height, width), where the blur is); 8 maps a batch

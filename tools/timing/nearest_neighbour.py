@@ -1,6 +1,6 @@
 """The blocked nearest-neighbour searches against the one-matrix way, at the sizes the Lite0
 methods search, alternated 7 times in one process (medians; the ratio is measured side by side):
-nagl.similarity.max_cosine against one [N, M] product and its max (ResAD's levels, Normal-NN's
+benchmark.features.similarity.max_cosine against one [N, M] product and its max (ResAD's levels, Normal-NN's
 patches; values and indices must be identical), and PatchCore's nearest_distances against
 torch.cdist and topk (indices identical, distances equal to float rounding). Run:
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from alternate import alternate  # tools/timing/alternate.py, beside this script
 from baselines.patchcore_model import nearest_distances
-from nagl.similarity import max_cosine
+from benchmark.features.similarity import max_cosine
 
 # (what, rows, bank rows, channels): a batch of 8 queries against 4 references
 SIZES = [("ResAD level 1 (stride 4 at 224)", 8 * 3136, 4 * 3136, 24),

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmark.atomic import staged_directory
+from benchmark.api.atomic import staged_directory
 from benchmark.errors import GadbenchError
 
 # 2021 name -> the name releases since 2023 give the same image
@@ -61,7 +61,7 @@ class BratsRules:
             raise GadbenchError(f"--slice must be an index or 'all', not {self.slice!r}")
 
 
-def _subject_in_test(subject: str, fraction: float) -> bool:
+def subject_in_test(subject: str, fraction: float) -> bool:
     return int(hashlib.sha256(subject.encode()).hexdigest()[:8], 16) % 1000 < round(1000 * fraction)
 
 
@@ -143,7 +143,7 @@ def prepare_brats(src: Path, out: Path, rules: BratsRules = BratsRules()) -> dic
                     counts["ambiguous_left_out"] += 1
                     continue
                 else:
-                    split = "test" if _subject_in_test(subject, rules.normal_test_fraction) else "train"
+                    split = "test" if subject_in_test(subject, rules.normal_test_fraction) else "train"
                     target = root / split / "good" / f"{stem}.png"
                     counts[f"{split}_good"] += 1
                 target.parent.mkdir(parents=True, exist_ok=True)

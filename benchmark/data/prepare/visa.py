@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.data.visa import DEFECT, SPLIT_CSV, read_visa_original
-from benchmark.atomic import staged_directory
+from benchmark.api.atomic import staged_directory
 from benchmark.errors import GadbenchError
 
 

@@ -39,14 +39,6 @@ class Preprocessing:
         if self.resize == "shorter" and (self.resize_to or 0) < self.size:
             raise ValueError("preprocessing.resize_to must be >= size for resize='shorter'")
 
-    @classmethod
-    def for_backbone(cls, backbone: str, size: int, **geometry) -> "Preprocessing":
-        """The geometry a method asks for, with the mean / std its backbone was trained with."""
-        from benchmark.config import backbone_entry
-
-        entry = backbone_entry(backbone)
-        return cls(size=size, mean=tuple(entry["mean"]), std=tuple(entry["std"]), **geometry)
-
     def describe(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 

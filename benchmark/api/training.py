@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from benchmark.atomic import atomic_file
+from benchmark.api.atomic import atomic_file
 from benchmark.errors import GadbenchError
 
 

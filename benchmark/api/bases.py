@@ -1,12 +1,13 @@
 """Two bases that take the common work off an adapter.
 
 FeatureAdapter  a method on a frozen backbone of configs/backbones.yaml: the backbone, the
-                preprocessing (the method's geometry with the backbone's own mean and std) and
-                describe() come from here.
-TrainedAdapter  a method that trains on the source domain: the harness keys its checkpoint by a
-                hash of everything that shapes the model, trains it once (resumably, through
-                benchmark/run/training.py), saves it atomically and loads it; the adapter says what
-                shapes its model, trains, and loads a state.
+                preprocessing (the method's geometry with the backbone's own mean and std), the
+                weights it needs and describe() come from here, through the run context's
+                feature service.
+TrainedAdapter  a method that trains on the source domain: it says what shapes its model, trains
+                it (in the resumable epoch loop of benchmark/api/training.py) and loads a state;
+                the harness keys the checkpoint by a hash of that identity, trains it once, saves
+                it atomically and loads it (benchmark/run/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from typing import ClassVar
 
 import pandas as pd
 
-from benchmark.adapter import Adapter, Domain
-from benchmark.config import config_hash
-from benchmark.data.images import file_sha256
-from benchmark.data.preprocessing import Preprocessing
-from benchmark.run.training import load_checkpoint, save_atomic
+from benchmark.api.adapter import Adapter
+from benchmark.api.preprocessing import Preprocessing
+from benchmark.api.records import TrainingData
 
 
 class FeatureAdapter(Adapter):
@@ -37,7 +36,12 @@ class FeatureAdapter(Adapter):
         return {"resize": "squash", "interpolation": "bicubic"}
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing.for_backbone(self.config["backbone"], self.input_size(), **self.geometry())
+        return self.context.features.preprocessing(self.config["backbone"], self.input_size(), **self.geometry())
+
+    def required_weights(self) -> list:
+        if self.config.get("allow_random_weights"):
+            return []
+        return self.context.features.required_weights(self.config["backbone"])
 
     @property
     def backbone(self):
@@ -62,20 +66,26 @@ class FeatureAdapter(Adapter):
 class TrainedAdapter(Adapter):
     trains_on_source = True
     checkpoint: Path | None = None
+    training_history: list = []
 
-    # --- what the adapter says -------------------------------------------------------------
     def checkpoint_identity(self, setting) -> dict:
-        """Everything of the config (and trainer) that shapes the model for this setting."""
+        """Everything of the config (and trainer) that shapes the model for this setting, the
+        weights' sha256 included (the harness adds the adapter's name, version and source images)."""
         raise NotImplementedError
 
-    def training_rows(self, source: Domain) -> pd.DataFrame:
+    def training_rows(self, source: TrainingData) -> pd.DataFrame:
         """The source images training reads: their contents are part of the checkpoint's identity."""
         return source.table
 
     def checkpoint_name(self, setting) -> str:
         return f"k{setting.k_normal}" if self.model_per_k else "all-k"
 
-    def train(self, source: Domain, setting, target: Domain | None, folder: Path, digest: str) -> dict:
+    def uses_target_for_training(self) -> bool:
+        """True for a training that reads the target too (NAGL's official checkpoint choice):
+        the harness then passes it, and every row says so."""
+        return False
+
+    def train(self, source: TrainingData, setting, target: TrainingData | None, folder: Path, digest: str) -> dict:
         """Train from scratch (or resume from `folder`); return the checkpoint's contents,
         {'state_dict': ..., 'history': [...], ...} (the harness adds the identity hash)."""
         raise NotImplementedError
@@ -83,24 +93,7 @@ class TrainedAdapter(Adapter):
     def load(self, state: dict) -> None:
         raise NotImplementedError
 
-    # --- what the harness does ---------------------------------------------------------------
-    def fit_source(self, source: Domain, seed: int, workdir: Path, setting=None, target: Domain | None = None) -> Path:
-        """One checkpoint per identity: trained once, reused by every cell and seed that shares it."""
-        identity = {"adapter": self.name, "version": self.version, **self.checkpoint_identity(setting),
-                    "images": sorted(file_sha256(p) for p in self.training_rows(source).path)}
-        if target is not None:
-            identity["target_images"] = sorted(file_sha256(p) for p in target.table[target.table.split == "test"].path)
-        digest = config_hash(identity)
-        folder = Path(workdir) / f"{self.checkpoint_name(setting)}-{digest}"
-        final = folder / "model.pt"
-        if not final.exists():
-            save_atomic({"config_hash": digest, **self.train(source, setting, target, folder, digest)}, final)
-        state = load_checkpoint(final, digest)
-        self.load(state)
-        self.checkpoint, self.training_history = final, state.get("history", [])
-        return final
-
     def training_summary(self) -> dict:
-        history = getattr(self, "training_history", [])
+        history = self.training_history
         return {"training_seconds": sum(h["seconds"] for h in history), "training_epochs": len(history),
                 "final_training_loss": history[-1]["loss"] if history else None}

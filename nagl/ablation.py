@@ -12,11 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from baselines.normal_nn import NormalNNAdapter
-from benchmark.adapter import NORMAL_ABNORMAL, ImageBatch, Prediction, ReferenceSet
-from benchmark.errors import GadbenchError
+from nagl.normal_nn import NormalNNAdapter
+from benchmark.api import NORMAL_ABNORMAL, GadbenchError, ImageBatch, Prediction, ReferenceSet
+from benchmark.features.similarity import flatten_patches, normal_similarity, top_percent_mean
 from nagl.model import cosine_to_unit, downsample_mask
-from nagl.similarity import flatten_patches, normal_similarity, top_percent_mean
 
 VARIANTS = ("normal", "abnormal", "normal+abnormal")
 

@@ -1,0 +1,54 @@
+"""A misspelt config key of a plug-in adapter is refused in one line, with the closest name, by
+every command that opens methods: the check lives in the adapter base class
+(Adapter.check_config), not in one caller."""
+
+from __future__ import annotations
+
+import yaml
+
+from benchmark.cli import main
+from conftest import write_experiment
+
+PLUGIN = "examples/mean_patch_distance.py:MeanPatchDistance"
+MISSPELT = {"name": "mpd", "adapter": PLUGIN, "label": "MPD", "config": {"input_size": 64, "blur_sigm": 2.0}}
+
+
+def _one_line_refusal(capsys, code: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "blur_sigm" in err and "did you mean 'blur_sigma'" in err
+    return err
+
+
+def test_run_refuses_a_misspelt_plugin_key(tmp_path, synthetic_root, capsys):
+    experiment = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=[MISSPELT], settings=["N1"], seeds=[0])
+    code = main(["run", "-e", str(experiment), "--results", str(tmp_path / "results"), "--no-progress"])
+    assert "method 'mpd'" in _one_line_refusal(capsys, code)
+    assert not (tmp_path / "results" / "runs").exists()  # nothing written
+
+
+def test_report_refuses_a_misspelt_plugin_key(tmp_path, synthetic_root, capsys):
+    experiment = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=[MISSPELT], settings=["N1"], seeds=[0])
+    _one_line_refusal(capsys, main(["report", "-e", str(experiment), "--results", str(tmp_path / "results")]))
+    assert not (tmp_path / "results" / "report.md").exists()
+
+
+def test_bench_refuses_a_misspelt_override_before_any_process_starts(tmp_path, synthetic_root, capsys):
+    bench = {"name": "b", "data_root": str(synthetic_root),
+             "datasets": {"o": {"layout": "mvtec", "root": str(synthetic_root / "objects")},
+                          "t": {"layout": "mvtec", "root": str(synthetic_root / "textures")}},
+             "source": "o", "target": "t",
+             "methods": [{"method": {"name": "mpd", "adapter": PLUGIN, "label": "MPD"}, "config": {"blur_sigm": 1.0}}]}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    code = main(["bench", "-e", str(path), "--results", str(tmp_path / "results"), "--device", "cpu"])
+    _one_line_refusal(capsys, code)
+    assert not (tmp_path / "results" / "efficiency").exists()
+
+
+def test_a_misspelt_training_key_is_refused_too(tmp_path, synthetic_root, capsys):
+    method = {"name": "n", "adapter": "nagl", "label": "N", "config": {"training": {"epochz": 1}}}
+    experiment = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=[method], settings=["N1+A1"], seeds=[0])
+    code = main(["run", "-e", str(experiment), "--results", str(tmp_path / "results"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "unknown training key 'epochz'" in err and "'epochs'" in err
