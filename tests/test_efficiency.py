@@ -130,6 +130,33 @@ def test_estimate_counts_query_images_and_models_from_the_grid(tmp_path, synthet
     assert table.loc["nn_tiny", "query_images"] == 2 * 2 * 3 * tests_per_domain and table.loc["nn_tiny", "models"] == 0
 
 
+def test_estimate_counts_evaluation_from_the_test_pixels_and_the_measured_cost(tmp_path, synthetic_root):
+    """Evaluation = each pixel-level cell's test megapixels (read from the images' headers, or the
+    documented test_megapixels when the data is absent) x the measured ms per megapixel."""
+    from benchmark.data import read_dataset
+    from benchmark.data.images import image_size
+    from benchmark.outputs.estimate import estimate
+    from benchmark.run.experiment import load_experiment
+    from conftest import write_experiment
+
+    nn = {"name": "nn_tiny", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet", "input_size": 64}}
+    absent = {"layout": "mvtec", "root": str(tmp_path / "not_here"), "test_images": 10, "test_megapixels": 7.5}
+    experiment = load_experiment(write_experiment(
+        tmp_path / "e.yaml", synthetic_root, methods=[nn], settings=["N1"], seeds=[0, 1],
+        pairs=[["tiny_objects", "tiny_textures"], ["tiny_objects", "elsewhere"]],
+        datasets={"tiny_objects": {"layout": "mvtec", "root": str(synthetic_root / "objects")},
+                  "tiny_textures": {"layout": "mvtec", "root": str(synthetic_root / "textures")}, "elsewhere": absent},
+        tables={"main": ["tiny_textures"]}))
+    table = estimate(experiment, {"nn_tiny": {"images_per_second": 4.0, "training_seconds": None,
+                                              "evaluation_ms_per_mpx": 20.0}}).set_index("method")
+    textures = read_dataset(experiment.datasets["tiny_textures"])
+    pixels = sum(h * w for h, w in map(image_size, textures[textures.split == "test"].path)) / 1e6
+    expected = 2 * (pixels + 7.5) * 20.0 / 1e3 / 3600  # two seeds of each target
+    assert table.loc["nn_tiny", "evaluation_hours"] == pytest.approx(expected, rel=1e-12)
+    assert table.loc["nn_tiny", "total_hours"] == pytest.approx(expected + 2 * (len(textures[textures.split == "test"]) + 10)
+                                                                / 4.0 / 3600, rel=1e-12)
+
+
 def test_cpu_steal_is_the_share_of_all_cpu_time_the_host_took_in_between():
     assert steal_share((100, 10_000), (130, 10_200)) == pytest.approx(30 / 200)
     assert steal_share(None, (1, 2)) is None and steal_share((5, 100), (5, 100)) is None

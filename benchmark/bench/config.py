@@ -17,7 +17,7 @@ BENCH_KEYS = {"name", "description", "data_root", "datasets", "source", "target"
 
 METHOD_ENTRY_KEYS = {"method", "config", "random_weights", "label"}
 
-BENCH_VERSION = 4  # in every row's key: bump when what is timed changes (3: median call; 4: bursts)
+BENCH_VERSION = 5  # in every row's key: bump when what is timed changes (3: median call; 4: bursts; 5: evaluation cost)
 
 
 

@@ -40,6 +40,7 @@ import torch
 from benchmark.api.atomic import atomic_file
 from benchmark.bench.bursts import combine, round_row, time_in_bursts
 from benchmark.bench.config import BENCH_VERSION, device_name, device_slug
+from benchmark.bench.evaluation import evaluation_ms_per_mpx
 from benchmark.bench.measure import cpu_times, steal_share
 from benchmark.bench.process import serve
 from benchmark.config import config_hash
@@ -136,13 +137,14 @@ def run_bench(bench: dict, results_root: Path, device: torch.device, weights_dir
     if todo and reference not in {method for _, _, method in todo}:  # ratios are only measured side by side
         todo = [e for e in entries if e[2] == reference] + todo
     measured = _rounds(bench, todo, device, weights_dir, name, echo, share_checkpoints, reference) if todo else {}
+    evaluation = evaluation_ms_per_mpx(device) if measured else None  # method-independent: once per run
     rows = []
     for order, entry, method in wanted + [e for e in todo if e not in wanted]:
         if method in measured:
             rounds = measured[method]
             row = combine(rounds) if all(r["status"] == "done" for r in rounds) else rounds[-1]
             row.update(key=keys[method], order=order, bench=bench["name"], rehearsal=bool(bench.get("rehearsal")),
-                       reference=reference)
+                       reference=reference, evaluation_ms_per_mpx=evaluation)
             write_json_atomic(row, folder / f"{method}.json")
             _echo_row(row, echo)
         else:

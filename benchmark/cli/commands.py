@@ -142,7 +142,14 @@ def cmd_rehearse(args) -> int:
     from benchmark.outputs.tables import write_tables
     from benchmark.features.weights import WeightStore
 
-    started, results = time.time(), Path(args.results)
+    from benchmark.cli.options import DEFAULT_RESULTS
+
+    started = time.time()
+    results = Path(args.results or DEFAULT_RESULTS / ("rehearsal_quick" if args.quick else "rehearsal"))
+    if args.limit is None:
+        args.limit = 1 if args.quick else 2
+    if args.categories is None and args.quick:
+        args.categories = 1
     data = results / "data"
     loaded = [load_experiment(path, data) for path in args.experiment] if args.experiment else default_experiments(data)
     prepare_standin_data(data, args.categories, standin_counts(loaded))  # sized by the whole grids, not the narrowed ones

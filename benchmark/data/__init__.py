@@ -41,6 +41,8 @@ class DatasetSpec:
     max_per_group: int | None = None
     # published size of the test split, for run-time estimates when the data is not here
     test_images: int | None = None
+    # published test pixels in millions, for the evaluation share of run-time estimates
+    test_megapixels: float | None = None
 
     @property
     def label(self) -> str:

@@ -19,7 +19,8 @@ STEAL_NOTE = 0.02  # a table notes CPU steal (time the hypervisor gave to other 
 COLUMNS = [("label", "Method"), ("parameters_total_m", "Params (M)"), ("parameters_trainable_m", "Trainable (M)"),
            ("training_seconds", "Training (s)"), ("throughput_batch1", "img/s @1"), ("throughput_batch1_spread", "spread @1 (%)"),
            ("ratio_batch1", "x ref @1"), ("throughput_best", "img/s best"),
-           ("best_batch", "best batch"), ("peak_memory_mib", "Peak mem (MiB)"), ("image_size", "Size")]
+           ("best_batch", "best batch"), ("peak_memory_mib", "Peak mem (MiB)"), ("image_size", "Size"),
+           ("evaluation_ms_per_mpx", "Eval (ms/Mpx)")]
 
 
 def bench_names(results_root: Path) -> list[str]:
@@ -39,7 +40,7 @@ def efficiency_frame(results_root: Path, name: str | None = None) -> pd.DataFram
             "parameters_total_m", "parameters_trainable_m", "training_seconds", "training_epochs", "source",
             "throughput_batch1", "throughput_batch1_spread", "ratio_batch1", "ratio_batch1_spread", "reference", "rounds",
             "best_batch", "throughput_best", "throughput_best_spread", "noisy", "cpu_steal_share", "peak_memory_mib", "memory_kind",
-            "random_weights", "overrides", "rehearsal", "reason"]
+            "random_weights", "overrides", "rehearsal", "reason", "evaluation_ms_per_mpx"]
     return frame.reindex(columns=keep)
 
 
@@ -52,6 +53,8 @@ def _cell(value, column: str) -> str:
         return f"{value:.2f}"
     if column in ("training_seconds", "peak_memory_mib"):
         return f"{value:.0f}"
+    if column == "evaluation_ms_per_mpx":
+        return f"{value:.1f}"
     if column.endswith("_spread"):
         return f"{100 * value:.0f}"
     if column == "ratio_batch1":

@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 from benchmark.api import Adapter, ImageBatch, ReferenceSet
 from benchmark.data.batches import load_batch, load_references, original_masks
 from benchmark.data.references import Plan, QueryGroup
-from benchmark.run.intervals import pixel_histograms
+from benchmark.run.intervals import PIXEL_BINS
 from benchmark.run.maps import finish
-from benchmark.run.metrics import image_metrics, pixel_metrics
+from benchmark.run.metrics import image_metrics
+from benchmark.run.pixel_accumulator import PixelAccumulator
 
 
 def predict_at_original(adapter: Adapter, batch: ImageBatch) -> tuple[np.ndarray, list[np.ndarray] | None]:
@@ -44,13 +45,13 @@ def references(adapter: Adapter, plan: Plan, group: QueryGroup, mask_threshold: 
 
 @dataclass
 class CategoryResult:
-    """Per query (in scoring order): path relative to the data set, label, image score; the masks
-    and maps when the method gives maps; the metrics; the seconds spent predicting."""
+    """Per query (in scoring order): path relative to the data set, label, image score; the maps
+    when the method gives maps (the masks are read once, into the pixel metrics' first pass);
+    the metrics; the seconds spent predicting."""
 
     paths: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    masks: list[np.ndarray] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -62,7 +63,7 @@ def evaluate_plan(adapter: Adapter, category: str, plan: Plan, *, files_root, ma
                   progress: bool = False) -> CategoryResult:
     """Score the plan's queries (or only those whose path is in `only`). Maps are kept, and the
     pixel metrics computed, for methods that give maps."""
-    result = CategoryResult()
+    result, pixels = CategoryResult(), PixelAccumulator(PIXEL_BINS)
     preprocessing, normal = adapter.preprocessing(), None
     started = time.time()
     for group in plan.groups:
@@ -79,11 +80,21 @@ def evaluate_plan(adapter: Adapter, category: str, plan: Plan, *, files_root, ma
             result.labels.extend(int(v) for v in rows.label)
             result.paths.extend(os.path.relpath(p, files_root) for p in rows.path)
             if adapter.pixel_level and maps is not None:
-                result.masks.extend(original_masks(batch, mask_threshold))
+                if with_metrics:  # pass 1 of the pixel metrics, while the batch's masks are at hand
+                    pixels.add_many(original_masks(batch, mask_threshold), maps)
                 result.maps.extend(maps)
     result.seconds = time.time() - started
     if with_metrics:
-        result.metrics = {**image_metrics(result.labels, result.scores), **pixel_metrics(result.masks, result.maps)}
+        result.metrics = {**image_metrics(result.labels, result.scores), **pixel_metrics_of(pixels, result.maps)}
         if result.maps and np.isfinite(result.metrics["pixel_auroc"]):
-            result.pixel_histograms = pixel_histograms(result.masks, result.maps)
+            result.pixel_histograms = np.stack(pixels.histograms)
     return result
+
+
+def pixel_metrics_of(pixels: PixelAccumulator, maps: list) -> dict:
+    """Pass 2 over the category's maps (the bootstrap histograms come out of it too), then the
+    exact pixel metrics (benchmark/run/pixel_accumulator.py)."""
+    if pixels.images:
+        pixels.finish()
+        pixels.second_pass(maps)
+    return pixels.metrics()

@@ -14,7 +14,7 @@ from benchmark.data.references import PROTOCOLS, Setting, parse_setting
 
 EXPERIMENT_KEYS = {"name", "description", "protocol", "protocol_options", "data_root", "datasets", "pairs",
                    "settings", "seeds", "methods", "tables", "categories"}
-DATASET_KEYS = {"layout", "root", "display", "mask_threshold", "options", "max_per_group", "test_images"}
+DATASET_KEYS = {"layout", "root", "display", "mask_threshold", "options", "max_per_group", "test_images", "test_megapixels"}
 METHOD_KEYS = {"name", "adapter", "label", "config", "description"}
 TABLE_KEYS = {"targets", "mean"}
 PROTOCOL_OPTION_KEYS = {"nested_block"}
@@ -141,7 +141,7 @@ def load_datasets(extra: dict | None, data_root: Path, where: str) -> dict[str, 
         specs[name] = DatasetSpec(name=name, layout=entry["layout"], root=root if root.is_absolute() else data_root / root,
                                   display=entry.get("display", ""), mask_threshold=int(entry.get("mask_threshold", 127)),
                                   options=entry.get("options") or {}, max_per_group=entry.get("max_per_group"),
-                                  test_images=entry.get("test_images"))
+                                  test_images=entry.get("test_images"), test_megapixels=entry.get("test_megapixels"))
     return specs
 
 

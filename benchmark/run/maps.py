@@ -93,27 +93,70 @@ def _axis_operators(preprocessing: Preprocessing, map_shape: tuple[int, int], or
 
 
 def maps_at_original(maps: torch.Tensor | np.ndarray, sizes: list[tuple[int, int]], preprocessing: Preprocessing,
-                     sigma: float, blur_at: str = "original") -> tuple[list[np.ndarray], np.ndarray]:
+                     sigma: float, blur_at: str = "original", on_device: bool | None = None) -> tuple[list, np.ndarray]:
     """(one float32 map per image at its original (height, width), each map's maximum at the
-    model input after blurring there, or NaN when blurred at the original size)."""
+    model input after blurring there, or NaN when blurred at the original size). The maps are
+    numpy arrays, or, with `on_device` (default: when the maps are on a GPU), tensors on the maps'
+    device: the pixel metrics then count them there and only the counts leave it."""
     if blur_at not in BLUR_PLACES:
         raise ValueError(f"map_blur_at must be one of {BLUR_PLACES}, not {blur_at!r}")
-    maps = torch.as_tensor(maps).detach().float().cpu()
+    maps = torch.as_tensor(maps).detach().float()
+    on_device = maps.device.type == "cuda" if on_device is None else on_device
+    maps = maps if on_device else maps.cpu()
     out, input_maxima = [], np.full(len(maps), np.nan)
     for index, (amap, size) in enumerate(zip(maps, sizes)):
-        to_input, to_original, fill = _axis_operators(preprocessing, tuple(amap.shape), tuple(size), float(sigma or 0.0), blur_at)
+        to_input, to_original, fill = _on(maps.device, *_axis_operators(preprocessing, tuple(amap.shape), tuple(size),
+                                                                         float(sigma or 0.0), blur_at))
         if to_input is not None:
             rows, columns = to_input
             amap = rows @ amap @ columns.T
         if to_original is None:  # blurred at the input: its maximum scores a method that gives no image score
             input_maxima[index] = amap.max().item()
-            out.append(preprocessing.to_original(amap.numpy(), tuple(size)))
+            out.append(_input_to_original(amap, tuple(size), preprocessing) if on_device
+                       else preprocessing.to_original(amap.numpy(), tuple(size)))
             continue
         # the crop's border gets the map's minimum (at the input size): minimum + A (map - minimum)
         low = amap.min() if fill else 0.0
         rows, columns = to_original
-        out.append((rows @ (amap - low) @ columns.T + low).numpy())
+        result = rows @ (amap - low) @ columns.T + low
+        out.append(result if on_device else result.numpy())
     return out, input_maxima
+
+
+_DEVICE_COPIES: dict = {}
+
+
+def _on(device: torch.device, to_input, to_original, fill):
+    """The operators on `device` (copied once per device and operator; the CPU ones as they are)."""
+    if device.type == "cpu":
+        return to_input, to_original, fill
+
+    def moved(pair):
+        if pair is None:
+            return None
+        key = (id(pair), str(device))
+        if key not in _DEVICE_COPIES:
+            if len(_DEVICE_COPIES) >= 256:  # as many as the CPU operators' cache holds, and then some
+                _DEVICE_COPIES.clear()
+            _DEVICE_COPIES[key] = (pair, tuple(m.to(device) for m in pair))  # the original kept: its id stays unique
+        return _DEVICE_COPIES[key][1]
+
+    return moved(to_input), moved(to_original), fill
+
+
+def _input_to_original(amap: torch.Tensor, size: tuple[int, int], preprocessing: Preprocessing) -> torch.Tensor:
+    """preprocessing.to_original in torch, on the map's device: squash is a plain bilinear resize;
+    a centre crop is pasted back on a canvas of the map's minimum, then resized."""
+    height, width = size
+    if preprocessing.resize != "squash":
+        new_w, new_h = preprocessing._resized_size(width, height)
+        left, top, _, _ = preprocessing._crop_box(new_w, new_h)
+        canvas = amap.new_full((new_h, new_w), float(amap.min()))
+        canvas[top:top + preprocessing.size, left:left + preprocessing.size] = amap
+        amap = canvas
+    if tuple(amap.shape) == (height, width):
+        return amap
+    return F.interpolate(amap[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
 
 
 def finish(adapter: Adapter, prediction: Prediction, batch: ImageBatch) -> tuple[np.ndarray, list[np.ndarray] | None]:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from benchmark.errors import MissingWeights
 from benchmark.run.engine import evaluate_plan
@@ -80,6 +81,6 @@ def _category_maps(runner, adapter, cell, category: str, chosen: dict, images_pe
     wanted = chosen[category]
     result = evaluate_plan(adapter, category, plan, files_root=spec.files_root, mask_threshold=spec.mask_threshold,
                            k_abnormal=cell.setting.k_abnormal, only=set(wanted.path), with_metrics=False)
-    by_path = dict(zip(result.paths, result.maps)) if result.maps else {}
+    by_path = {p: m.cpu().numpy() if torch.is_tensor(m) else m for p, m in zip(result.paths, result.maps)}  # GPU maps: to the host
     for position, path in zip(wanted.index, wanted.path):
         yield position, by_path.get(os.path.relpath(path, spec.files_root), "image-level method: no map")
