@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--bench", default=str(CONFIG_DIR / "experiments" / "efficiency_paper.yaml"), help="efficiency bench YAML")
     rehearse.add_argument("--results", help="its own results folder (default: results/rehearsal, with --quick "
                           "results/rehearsal_quick: the tiers' stand-ins differ)")
-    rehearse.add_argument("--limit", type=int, help="queries per category (default 2; --quick: 1)")
-    rehearse.add_argument("--quick", action="store_true", help="the quick tier: 1 query and the first category of MVTec AD "
-                          "and VisA (unless --limit / --categories say otherwise); every method, setting, seed and pair kept")
+    rehearse.add_argument("--limit", type=int, default=2, help="queries per category (2: one normal, one anomalous, the "
+                          "fewest that take every metric's code path)")
+    rehearse.add_argument("--quick", action="store_true", help="the quick tier: the first category of MVTec AD and VisA only "
+                          "(unless --categories says otherwise); every method, setting, seed and pair kept")
     rehearse.add_argument("--categories", type=int, help="only the first N categories of MVTec AD and VisA (a reduced rehearsal)")
     rehearse.add_argument("--seed", type=int, action="append", help="only these reference seeds (repeatable)")
     rehearse.add_argument("--setting", action="append", help="only these settings, e.g. N1, N1+A1 (repeatable)")

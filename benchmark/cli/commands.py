@@ -146,8 +146,6 @@ def cmd_rehearse(args) -> int:
 
     started = time.time()
     results = Path(args.results or DEFAULT_RESULTS / ("rehearsal_quick" if args.quick else "rehearsal"))
-    if args.limit is None:
-        args.limit = 1 if args.quick else 2
     if args.categories is None and args.quick:
         args.categories = 1
     data = results / "data"
