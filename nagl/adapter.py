@@ -90,6 +90,24 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
     def geometry(self) -> dict:
         return {"resize": "squash", "interpolation": "bicubic", "mask_resize": self.config["mask_resize"]}
 
+    @classmethod
+    def training_shortages(cls, config, source, target, setting) -> list[str]:
+        """Episodes are drawn in a category of the test split with k + 1 normal images and a defect
+        with a mask (EpisodeBank.usable_categories); the official checkpoint choice draws them on
+        the target as well."""
+        k, training = setting.k_normal, {**cls.default_config["training"], **(config.get("training") or {})}
+        tables = [("source", source)] + ([("target", target)] if TrainConfig(k_normal=k, **training).checkpoint_policy
+                                          == "official-target-selected" else [])
+        problems = []
+        for role, table in tables:
+            tests = table[table.split == "test"]
+            usable = [c for c, rows in tests.groupby("category")
+                      if (rows.label == 0).sum() > k and rows[rows.label == 1]["mask"].notna().any()]
+            if not usable:
+                problems.append(f"nagl draws its training episodes in the {role}'s test split: no category has {k + 1}"
+                                f" normal test images and a defect with a mask for k={k}; use a smaller k or more test images")
+        return problems
+
     def uses_target_for_training(self) -> bool:
         return self.train_config(1).checkpoint_policy == "official-target-selected"
 

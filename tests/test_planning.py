@@ -49,6 +49,26 @@ def test_stand_ins_of_a_fixed_size_are_short_for_the_grid_and_every_shortage_is_
     assert any(line.startswith("visa/*") for line in lines)  # an absent data set is a line of its own
 
 
+def test_a_training_that_lacks_source_test_images_is_a_planning_line_not_a_failed_cell(tmp_path, capsys):
+    """NAGL draws its episodes in the source's test split (k + 1 normal images in a category):
+    5 normal test images are enough for k = 4 and not for k = 8 (nested_block raised to allow it)."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    generate_mvtec(source, categories=["grid"], counts={"train_good": 12, "test_good": 5})
+    generate_mvtec(target, categories=["bottle"], counts={"train_good": 12})
+    nagl = {"name": "nagl_tiny", "adapter": "nagl", "label": "NAGL", "config": {"backbone": "lite0_imagenet", "input_size": 64}}
+    experiment = {"name": "episodes", "protocol": "clean", "data_root": str(tmp_path),
+                  "datasets": {"src": {"layout": "mvtec", "root": str(source)}, "tgt": {"layout": "mvtec", "root": str(target)}},
+                  "pairs": [["src", "tgt"]], "settings": ["N4+A1", "N8+A1"], "seeds": [0],
+                  "protocol_options": {"nested_block": 8}, "methods": [nagl]}
+    path = tmp_path / "episodes.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    assert main(["run", "-e", str(path), "--results", str(tmp_path / "results"), "--no-progress"]) == 2
+    lines = [line.strip() for line in capsys.readouterr().err.splitlines() if "nagl_tiny:" in line]
+    assert lines == ["src->tgt/*, N8+A1: nagl_tiny: nagl draws its training episodes in the source's test split: no category"
+                     " has 9 normal test images and a defect with a mask for k=8; use a smaller k or more test images"]
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_run_on_a_real_layout_names_every_short_category_and_writes_nothing(tmp_path, capsys):
     root = tmp_path / "mvtec"
     generate_mvtec(root, categories=["bottle", "cable", "carpet"], counts={"train_good": 6})  # seed 1 at N4 needs 8

@@ -80,6 +80,13 @@ class TrainedAdapter(Adapter):
     def checkpoint_name(self, setting) -> str:
         return f"k{setting.k_normal}" if self.model_per_k else "all-k"
 
+    @classmethod
+    def training_shortages(cls, config: dict, source: pd.DataFrame, target: pd.DataFrame, setting) -> list[str]:
+        """What the source (or, for a training that reads it, the target) lacks for training this
+        configuration at this setting, one line each with what fixes it ([] when nothing): the
+        planning pass reports it before anything runs. Sample tables as TrainingData.table."""
+        return []
+
     def uses_target_for_training(self) -> bool:
         """True for a training that reads the target too (NAGL's official checkpoint choice):
         the harness then passes it, and every row says so."""

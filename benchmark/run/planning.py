@@ -56,7 +56,27 @@ def shortages(catalogue: DataCatalogue, cells: list[Cell]) -> list[Shortage]:
             for problem in manifest_shortages(table, category, setting, seed, experiment.protocol,
                                               experiment.protocol_options["nested_block"], spec.mask_threshold):
                 found.append(Shortage(target, category, setting.label, seed, problem))
+    found += _training_shortages(cells, readable)
     return list(dict.fromkeys(found))
+
+
+def _training_shortages(cells: list[Cell], tables: dict) -> list[Shortage]:
+    """What each trained method's source (and target, where its training reads it) lacks,
+    once per (method, source, target, k)."""
+    found, asked = [], set()
+    for cell in cells:
+        adapter = cell.method.adapter if cell.method is not None else None
+        if adapter is None or not cell.method.adapter_class.trains_on_source:
+            continue
+        key = (cell.method.name, cell.source, cell.target, cell.setting.k_normal)
+        if key in asked or cell.source not in tables or cell.target not in tables:
+            continue
+        asked.add(key)
+        for problem in cell.method.adapter_class.training_shortages(cell.method.config, tables[cell.source],
+                                                                    tables[cell.target], cell.setting):
+            found.append(Shortage(f"{cell.source}->{cell.target}", "*", cell.setting.label, None,
+                                  f"{cell.method.name}: {problem}"))
+    return found
 
 
 def raise_for_shortages(found: list[Shortage], what: str) -> None:

@@ -90,11 +90,14 @@ def standin_counts(experiments: list[Experiment]) -> dict:
     """Images per category and split that the stand-ins need so that every cell of these
     experiments can be planned: train/good for the last seed's normal references (its nested
     block, or its official slice), and per defect type one file past the official protocol's
-    seed-th per-type abnormal reference, so that a query of that type remains."""
+    seed-th per-type abnormal reference, so that a query of that type remains; and test/good for a
+    training episode of the largest k (a query and k normal references: NAGL trains on the source's
+    test split)."""
     counts = dict(standin.MIN_COUNTS)
     for experiment in experiments:
         rule = NORMAL_RULES[experiment.protocol]
         for setting in experiment.settings:
+            counts["test_good"] = max(counts["test_good"], setting.k_normal + 1)
             for seed in experiment.seeds:
                 _, end = normal_slice(setting.k_normal, seed, rule, experiment.protocol_options["nested_block"])
                 counts["train_good"] = max(counts["train_good"], end)
