@@ -16,9 +16,9 @@ from benchmark.run.pixel_accumulator import PixelAccumulator, ordered_keys
 from test_metrics import plain_aupro
 
 
-def accumulate(masks, maps, as_tensor=False):
+def accumulate(masks, maps, as_tensor=False, max_table_buckets=256):
     convert = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if as_tensor else (lambda a: a)
-    pixels = PixelAccumulator()
+    pixels = PixelAccumulator(max_table_buckets=max_table_buckets)
     for mask, amap in zip(masks, maps):
         pixels.add(mask, convert(amap))
     pixels.finish()
@@ -89,10 +89,13 @@ def cases():
     return out
 
 
+@pytest.mark.parametrize("searched", [False, True], ids=["slot table", "binary search"])
 @pytest.mark.parametrize("name", list(cases()))
-def test_pixel_metrics_equal_scikit_learn_and_a_brute_force_aupro(name):
+def test_pixel_metrics_equal_scikit_learn_and_a_brute_force_aupro(name, searched):
     masks, maps = cases()[name]
-    got, want = accumulate(masks, maps).metrics(), reference(masks, maps)
+    pixels = accumulate(masks, maps, max_table_buckets=0 if searched else 256)
+    assert pixels.searched == (searched and pixels.shared.size > 0)
+    got, want = pixels.metrics(), reference(masks, maps)
     for metric in ("pixel_auroc", "pixel_ap", "pixel_f1_max"):
         assert got[metric] == pytest.approx(want[metric], abs=1e-12), metric
     assert got["pixel_aupro"] == pytest.approx(want["pixel_aupro"], abs=1e-9)

@@ -78,8 +78,12 @@ def test_empty_test_set(tmp_path, data, capsys):
 
 
 def test_k_larger_than_the_normal_images(tmp_path, data, capsys):
+    """Every category is short at once: the planning pass names each on a line of its own."""
     status, err = run(tmp_path, data, capsys, settings=["N4"], seeds=[2])
-    assert_one_line_before_any_cell(status, err, tmp_path, "has 8 train/good images; k=4 at seed 2")
+    assert status == 2 and err.startswith("gadbench: error: ") and "Traceback" not in err
+    short = [line for line in err.splitlines()[1:] if "has 8 train/good images; k=4 at seed 2 (nested) needs 12" in line]
+    assert len(short) == len(err.splitlines()) - 1 == 6  # the six categories of both data sets, nothing else
+    assert cell_files(tmp_path) == []
 
 
 def test_abnormal_reference_for_a_category_without_defects(tmp_path, data, capsys):

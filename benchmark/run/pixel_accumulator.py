@@ -139,8 +139,10 @@ class PixelAccumulator:
     """add() each image's (mask, map); finish(); then add_second_pass() for every image in the
     same order; then metrics() and histograms."""
 
-    def __init__(self, bins: int = 1000):
-        self.bins = bins
+    def __init__(self, bins: int = 1000, max_table_buckets: int = 256):
+        """max_table_buckets: above this many shared buckets (256: a 64 MiB slot table), pixels are
+        placed by a binary search among the defect keys instead (memory then grows with those alone)."""
+        self.bins, self.max_table_buckets = bins, max_table_buckets
         self.coarse = np.zeros(BUCKETS, np.int64)  # all pixels per high-16-bit bucket
         self.defect_keys, self.defect_weights = [], []  # per image: int32 keys (the scores, losslessly), PRO weights
         self.positives = self.negatives = self.regions = self.images = self.second = 0
@@ -203,13 +205,16 @@ class PixelAccumulator:
         self.contiguous = bool(self.shared.size) and self.shared[-1] - self.shared[0] + 1 == self.shared.size
         self.rank = np.full(BUCKETS, -1, np.int64)
         self.rank[self.shared] = np.arange(self.shared.size)
-        # the shared buckets' keys side by side in key order; a defect key marks its position
-        marks = np.zeros(self.shared.size * BUCKETS, np.int32)
-        marks[(self.rank[(self.distinct >> 16) + HALF] << 16) | (self.distinct & 0xFFFF)] = 1
-        self.slot = np.cumsum(marks, dtype=np.int32)
-        self.slot *= 2
-        self.slot -= marks
-        del marks
+        self.searched = self.shared.size > self.max_table_buckets
+        if self.searched:  # scores spread over many exponents: a binary search instead of a table
+            self.slot = np.zeros(0, np.int32)
+        else:  # the shared buckets' keys side by side in key order; a defect key marks its position
+            marks = np.zeros(self.shared.size * BUCKETS, np.int32)
+            marks[(self.rank[(self.distinct >> 16) + HALF] << 16) | (self.distinct & 0xFFFF)] = 1
+            self.slot = np.cumsum(marks, dtype=np.int32)
+            self.slot *= 2
+            self.slot -= marks
+            del marks
         self.shared_halves = (self.rank[SWAP_HALVES] >= 0)  # by the keys' unsigned high half
         self.slots = np.zeros(2 * self.distinct.size + 1, np.int64)  # every pixel, by slot
         self._device = {}
@@ -254,10 +259,13 @@ class PixelAccumulator:
             rank = rank_table[_buckets(keys).long()]
             chosen = rank >= 0
             return slot_table[(rank[chosen] << 16) | (keys[chosen] & 0xFFFF)]
-        if self.contiguous:  # keys past either end wrap around to large unsigned offsets
+        if self.contiguous and not self.searched:  # keys past either end wrap around to large unsigned offsets
             offset = (keys - self.span_start).view(np.uint32)
             return slot_table[offset[offset < self.slot.size]]
         chosen = keys[self.shared_halves[_high_halves(keys)]]  # beyond one table look-up, only these pixels
+        if self.searched:
+            below = np.searchsorted(self.distinct, chosen)  # distinct defect keys under each pixel's key
+            return 2 * below + (self.distinct[np.minimum(below, self.distinct.size - 1)] == chosen)
         return slot_table[(rank_table[_buckets(chosen)] << 16) | (chosen & 0xFFFF)]
 
     def _add_second(self, part: tuple) -> None:

@@ -24,7 +24,8 @@ class Shortage:
     problem: str  # what is missing and the option that fixes it
 
     def line(self) -> str:
-        where = f"{self.dataset}/{self.category}" + (f", {self.setting}" if self.setting != "*" else "")
+        where = self.dataset + (f"/{self.category}" if self.category != "*" else "")
+        where += f", {self.setting}" if self.setting != "*" else ""
         where += f", seed {self.seed}" if self.seed is not None else ""
         return f"{where}: {self.problem}"
 
@@ -80,7 +81,9 @@ def _training_shortages(cells: list[Cell], tables: dict) -> list[Shortage]:
 
 
 def raise_for_shortages(found: list[Shortage], what: str) -> None:
-    """One error listing every shortage (one line each), or nothing."""
+    """One error listing every shortage (one line each; a single one is a one-line error), or nothing."""
+    if len(found) == 1:
+        raise GadbenchError(f"{what}: {found[0].line()} (nothing was written)")
     if found:
         lines = "\n".join(f"  {s.line()}" for s in found)
         raise GadbenchError(f"{what}: {len(found)} shortage(s) found while planning; nothing was written:\n{lines}")
