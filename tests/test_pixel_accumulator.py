@@ -16,7 +16,7 @@ from benchmark.run.pixel_accumulator import PixelAccumulator, ordered_keys
 from test_metrics import plain_aupro
 
 
-def accumulate(masks, maps, as_tensor=False, max_table_buckets=256):
+def accumulate(masks, maps, as_tensor=False, max_table_buckets=768):
     convert = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if as_tensor else (lambda a: a)
     pixels = PixelAccumulator(max_table_buckets=max_table_buckets)
     for mask, amap in zip(masks, maps):
@@ -93,7 +93,7 @@ def cases():
 @pytest.mark.parametrize("name", list(cases()))
 def test_pixel_metrics_equal_scikit_learn_and_a_brute_force_aupro(name, searched):
     masks, maps = cases()[name]
-    pixels = accumulate(masks, maps, max_table_buckets=0 if searched else 256)
+    pixels = accumulate(masks, maps, max_table_buckets=0 if searched else 768)
     assert pixels.searched == (searched and pixels.shared.size > 0)
     got, want = pixels.metrics(), reference(masks, maps)
     for metric in ("pixel_auroc", "pixel_ap", "pixel_f1_max"):

@@ -139,8 +139,8 @@ class PixelAccumulator:
     """add() each image's (mask, map); finish(); then add_second_pass() for every image in the
     same order; then metrics() and histograms."""
 
-    def __init__(self, bins: int = 1000, max_table_buckets: int = 256):
-        """max_table_buckets: above this many shared buckets (256: a 64 MiB slot table), pixels are
+    def __init__(self, bins: int = 1000, max_table_buckets: int = 768):
+        """max_table_buckets: above this many shared buckets (768: a 192 MiB slot table), pixels are
         placed by a binary search among the defect keys instead (memory then grows with those alone)."""
         self.bins, self.max_table_buckets = bins, max_table_buckets
         self.coarse = np.zeros(BUCKETS, np.int64)  # all pixels per high-16-bit bucket
@@ -209,12 +209,12 @@ class PixelAccumulator:
         if self.searched:  # scores spread over many exponents: a binary search instead of a table
             self.slot = np.zeros(0, np.int32)
         else:  # the shared buckets' keys side by side in key order; a defect key marks its position
-            marks = np.zeros(self.shared.size * BUCKETS, np.int32)
-            marks[(self.rank[(self.distinct >> 16) + HALF] << 16) | (self.distinct & 0xFFFF)] = 1
-            self.slot = np.cumsum(marks, dtype=np.int32)
+            marked = (self.rank[(self.distinct >> 16) + HALF] << 16) | (self.distinct & 0xFFFF)
+            self.slot = np.zeros(self.shared.size * BUCKETS, np.int32)
+            self.slot[marked] = 1
+            np.cumsum(self.slot, out=self.slot)  # in place: one table's memory at a time
             self.slot *= 2
-            self.slot -= marks
-            del marks
+            self.slot[marked] -= 1
         self.shared_halves = (self.rank[SWAP_HALVES] >= 0)  # by the keys' unsigned high half
         self.slots = np.zeros(2 * self.distinct.size + 1, np.int64)  # every pixel, by slot
         self._device = {}

@@ -1,9 +1,9 @@
 """Evaluation at the paper's image sizes: each stage per megapixel, and the peak extra memory.
 
 Builds a VisA-size category (default 500 images of 1500 x 1000) and an MVTec-size one (100 of
-1024 x 1024): per image a 32 x 32 patch map (smooth noise, a bump on 0-2 elliptic defects), brought
-to the original size by the harness (benchmark/run/maps.py, blur sigma 4 at the original: NAGL's
-path). Then, in one run, it times:
+1024 x 1024): per image a 32 x 32 patch map (benchmark/bench/evaluation.py:synthetic_category:
+smooth noise, a bump on 0-2 elliptic defects, pixel AUROC about 0.95), brought to the original
+size by the harness (benchmark/run/maps.py, blur sigma 4 at the original: NAGL's path). Then, in one run, it times:
   maps        maps_at_original, patch grid -> original size;
   metrics     the exact pixel metrics image by image (benchmark/run/pixel_accumulator.py: pass 1,
               the defect keys' sort, pass 2's shared-bucket counts, the curve);
@@ -30,31 +30,11 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from benchmark.api import Preprocessing
+from benchmark.bench.evaluation import synthetic_category as category
 from benchmark.run.intervals import pixel_histograms
 from benchmark.run.maps import maps_at_original
 from benchmark.run.metrics import pixel_metrics
 from benchmark.run.pixel_accumulator import PixelAccumulator
-
-GRID = 32
-
-
-def category(images: int, height: int, width: int, seed: int = 0):
-    """(patch maps [n, 32, 32] float32, masks at the original size) of one synthetic category."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.ogrid[:height, :width]
-    grids, masks = [], []
-    for index in range(images):
-        mask = np.zeros((height, width), bool)
-        for _ in range(index % 3):
-            cy, cx = rng.integers(height // 8, height - height // 8), rng.integers(width // 8, width - width // 8)
-            ry, rx = rng.integers(height // 80, height // 20), rng.integers(width // 80, width // 20)  # ~0.5 % of a VisA image
-            mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-        grid = ndimage.gaussian_filter(rng.standard_normal((GRID, GRID)), 1.5)
-        small = np.asarray(torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(mask[None].astype(np.float32)), GRID)[0])
-        grids.append((0.5 + 0.3 * grid + 0.25 * small).astype(np.float32))  # defects overlap the noise: AUROC < 1
-        masks.append(mask)
-    return torch.from_numpy(np.stack(grids)), masks
-
 
 def timed(function):
     start = time.perf_counter()
