@@ -12,7 +12,8 @@ import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from benchmark.run.intervals import pixel_histograms
-from benchmark.run.pixel_accumulator import PixelAccumulator, ordered_keys
+from benchmark.run.pixel_accumulator import PixelAccumulator
+from benchmark.run.pixel_keys import ordered_keys
 from test_metrics import plain_aupro
 
 

@@ -8,8 +8,9 @@ import sys
 import warnings
 
 from benchmark.cli.commands import (cmd_bench, cmd_cache, cmd_check, cmd_estimate, cmd_list, cmd_prepare, cmd_refs,
-                                    cmd_rehearse, cmd_report, cmd_run, cmd_tables, cmd_weights)
+                                    cmd_report, cmd_run, cmd_tables, cmd_weights)
 from benchmark.cli.compare import cmd_compare
+from benchmark.cli.rehearse import cmd_rehearse
 from benchmark.cli.options import DEFAULT_RESULTS, _common
 from benchmark.config import CONFIG_DIR
 from benchmark.errors import GadbenchError

@@ -100,11 +100,6 @@ def _resolve_inside(data_root: Path, relative: str, manifest: Path) -> str:
     return str((data_root / relative).resolve())
 
 
-def _sorted_good(table: pd.DataFrame, category: str) -> pd.DataFrame:
-    good = table[(table.category == category) & (table.split == "train") & (table.label == 0)]
-    return good.sort_values("path", key=lambda p: p.map(lambda s: Path(s).name), kind="stable")
-
-
 def normal_slice(k: int, seed: int, rule: str, nested_block: int) -> tuple[int, int]:
     """[start, end) of the sorted train/good images that are a seed's k normal references."""
     start = seed * nested_block if rule == "nested" else seed * k
@@ -112,7 +107,8 @@ def normal_slice(k: int, seed: int, rule: str, nested_block: int) -> tuple[int, 
 
 
 def normal_references(table: pd.DataFrame, category: str, k: int, seed: int, rule: str, nested_block: int) -> pd.DataFrame:
-    good = _sorted_good(table, category)
+    good = table[(table.category == category) & (table.split == "train") & (table.label == 0)]
+    good = good.sort_values("path", key=lambda p: p.map(lambda s: Path(s).name), kind="stable")
     problems = normal_shortage(len(good), category, k, seed, rule, nested_block)
     if problems:
         raise GadbenchError(problems[0])

@@ -29,111 +29,14 @@ and only the counts come back (benchmark/run/engine.py).
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from benchmark.run.metrics import REGION_STRUCTURE, Curve, aupro_from_curve
-
-BUCKETS = 1 << 16
-HALF = 1 << 15
-NAN_MESSAGE = "scores contain NaN: an adapter returned an undefined score or anomaly map"
-
-
-def _is_torch(array) -> bool:
-    return isinstance(array, torch.Tensor)
-
-
-def ordered_keys(scores, nonnegative: bool | None = None):
-    """float32 scores -> int32 keys in the same (signed) order; -0.0 and +0.0 get one key.
-    `nonnegative`: the caller knows the minimum is > 0 (the float's bits are then the key)."""
-    if _is_torch(scores):
-        scores = scores.float()
-        bits = (scores if nonnegative else scores + 0.0).contiguous().view(torch.int32)
-    else:
-        scores = np.asarray(scores, dtype=np.float32)
-        bits = (scores if nonnegative else scores + np.float32(0.0)).view(np.int32)
-    if nonnegative:
-        return bits
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
-def key_scores(keys: np.ndarray) -> np.ndarray:
-    """The float32 scores of int32 keys (ordered_keys is its own inverse on the bits)."""
-    keys = np.asarray(keys, dtype=np.int32)
-    return (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(np.float32)
-
-
-def _buckets(keys):
-    """The high 16 bits of each key as 0..65535 (signed order kept)."""
-    return (keys >> 16) + HALF
-
-
-# numpy path: the high 16 bits of little-endian int32 keys are every second uint16 of their bytes,
-# a view that costs nothing; as unsigned numbers they are the buckets with their halves swapped
-SWAP_HALVES = np.arange(BUCKETS) ^ HALF
-
-
-def _high_halves(keys: np.ndarray) -> np.ndarray:
-    if np.little_endian:
-        return keys.reshape(-1).view(np.uint16)[1::2]
-    return ((keys.reshape(-1) >> 16) & 0xFFFF).astype(np.uint16)
-
-
-def _bincount(values, minlength: int) -> np.ndarray:
-    if _is_torch(values):
-        return torch.bincount(values.reshape(-1).long(), minlength=minlength).cpu().numpy()
-    return np.bincount(values.reshape(-1), minlength=minlength)
-
-
-def _numpy(array) -> np.ndarray:
-    return array.detach().cpu().numpy() if _is_torch(array) else np.asarray(array)
-
-
-_POOL: list = []
-
-
-def _workers(maps) -> int:
-    """Threads for the maps' work: torch's thread count on the CPU, one on a GPU."""
-    return 1 if any(_is_torch(m) and m.device.type != "cpu" for m in maps) else max(1, torch.get_num_threads())
-
-
-def _map(function, items: list, maps):
-    """function over items, in order (results yielded as they are taken), in a pool of _workers
-    threads: the numpy operations release the GIL."""
-    workers = _workers(maps)
-    if len(items) < 2 or workers < 2:
-        yield from map(function, items)
-        return
-    if not _POOL or _POOL[0]._max_workers != workers:
-        _POOL[:] = [ThreadPoolExecutor(workers, thread_name_prefix="pixel-metrics")]
-    for start in range(0, len(items), workers):  # at most one result per thread waits to be merged
-        yield from _POOL[0].map(function, items[start:start + workers])
-
-
-def _concatenate(parts):
-    return torch.cat(parts) if _is_torch(parts[0]) else np.concatenate(parts)
-
-
-def _add(total, counts):
-    return counts if total is None else total + counts
-
-
-def region_inverse_sizes(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """1 / (size of its 8-connected region) for each defect pixel (row-major order), and the
-    number of regions; labelled inside the defects' bounding box only."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return np.zeros(0), 0
-    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    regions, count = ndimage.label(box, structure=REGION_STRUCTURE)
-    sizes = np.bincount(regions.ravel())
-    inverse = np.zeros(sizes.size)
-    inverse[1:] = 1.0 / sizes[1:]
-    return inverse[regions[box]], count
-
+from benchmark.run.metrics import Curve, aupro_from_curve
+from benchmark.run.pixel_keys import (BUCKETS, HALF, NAN_MESSAGE, SWAP_HALVES, add_counts, bincount, buckets, concatenate,
+                                      high_halves, is_torch, map_in_threads, to_numpy, workers_for, key_scores, ordered_keys,
+                                      region_inverse_sizes)
 
 class PixelAccumulator:
     """add() each image's (mask, map); finish(); then add_second_pass() for every image in the
@@ -155,7 +58,7 @@ class PixelAccumulator:
 
     def add_many(self, masks, maps) -> None:
         """add() for several images, their work spread over threads (numpy releases the GIL)."""
-        for part in _map(lambda pair: self._first(*pair), list(zip(masks, maps)), maps):
+        for part in map_in_threads(lambda pair: self._first(*pair), list(zip(masks, maps)), maps):
             self._merge(part)
 
     @staticmethod
@@ -167,16 +70,16 @@ class PixelAccumulator:
         if math.isnan(low) or math.isnan(high):
             raise ValueError(NAN_MESSAGE)
         keys = ordered_keys(amap, nonnegative=low > 0)
-        if _is_torch(keys):
-            coarse = _bincount(_buckets(keys), BUCKETS)
+        if is_torch(keys):
+            coarse = bincount(buckets(keys), BUCKETS)
         else:
-            coarse = np.bincount(_high_halves(keys), minlength=BUCKETS)[SWAP_HALVES]
-        mask_np = np.asarray(_numpy(mask), dtype=bool)
+            coarse = np.bincount(high_halves(keys), minlength=BUCKETS)[SWAP_HALVES]
+        mask_np = np.asarray(to_numpy(mask), dtype=bool)
         defect = np.flatnonzero(mask_np)  # few: indexing by position beats a boolean pass over every pixel
-        if _is_torch(amap):
+        if is_torch(amap):
             defect = torch.from_numpy(defect).to(amap.device)
         inverse, regions = region_inverse_sizes(mask_np)
-        return {"low": low, "high": high, "coarse": coarse, "keys": _numpy(keys.reshape(-1)[defect]),
+        return {"low": low, "high": high, "coarse": coarse, "keys": to_numpy(keys.reshape(-1)[defect]),
                 "weights": inverse, "regions": regions, "pixels": mask_np.size}
 
     def _merge(self, part: dict) -> None:
@@ -228,9 +131,9 @@ class PixelAccumulator:
         """add_second_pass() for every image in order; on the CPU the images are split into one
         contiguous chunk per thread (numpy releases the GIL), each counted on its own."""
         items = list(enumerate(maps, start=self.second))
-        workers = _workers(maps)
+        workers = workers_for(maps)
         chunks = [items[len(items) * w // workers:len(items) * (w + 1) // workers] for w in range(workers)]
-        for part in _map(lambda chunk: self._second_chunk(chunk, with_histogram), [c for c in chunks if c], maps):
+        for part in map_in_threads(lambda chunk: self._second_chunk(chunk, with_histogram), [c for c in chunks if c], maps):
             self._add_second(part)
 
     def _second_chunk(self, items: list, with_histogram: bool) -> tuple:
@@ -241,32 +144,32 @@ class PixelAccumulator:
         for index, amap in items:
             if self.shared.size:
                 pending.append(self._slots_of(amap))
-                waiting += pending[-1].numel() if _is_torch(pending[-1]) else pending[-1].size
+                waiting += pending[-1].numel() if is_torch(pending[-1]) else pending[-1].size
                 if waiting >= self.slots.size:
-                    counts = _add(counts, _bincount(_concatenate(pending), self.slots.size))
+                    counts = add_counts(counts, bincount(concatenate(pending), self.slots.size))
                     pending, waiting = [], 0
             if with_histogram:
                 histograms.append(self._histogram(amap, key_scores(self.defect_keys[index])))
         if pending:
-            counts = _add(counts, _bincount(_concatenate(pending), self.slots.size))
+            counts = add_counts(counts, bincount(concatenate(pending), self.slots.size))
         return counts, histograms, len(items)
 
     def _slots_of(self, amap):
         """The slot of each pixel of a shared bucket."""
         keys = ordered_keys(amap, nonnegative=self.low > 0).reshape(-1)
         rank_table, slot_table = self._tables_on(amap)
-        if _is_torch(keys):
-            rank = rank_table[_buckets(keys).long()]
+        if is_torch(keys):
+            rank = rank_table[buckets(keys).long()]
             chosen = rank >= 0
             return slot_table[(rank[chosen] << 16) | (keys[chosen] & 0xFFFF)]
         if self.contiguous and not self.searched:  # keys past either end wrap around to large unsigned offsets
             offset = (keys - self.span_start).view(np.uint32)
             return slot_table[offset[offset < self.slot.size]]
-        chosen = keys[self.shared_halves[_high_halves(keys)]]  # beyond one table look-up, only these pixels
+        chosen = keys[self.shared_halves[high_halves(keys)]]  # beyond one table look-up, only these pixels
         if self.searched:
             below = np.searchsorted(self.distinct, chosen)  # distinct defect keys under each pixel's key
             return 2 * below + (self.distinct[np.minimum(below, self.distinct.size - 1)] == chosen)
-        return slot_table[(rank_table[_buckets(chosen)] << 16) | (chosen & 0xFFFF)]
+        return slot_table[(rank_table[buckets(chosen)] << 16) | (chosen & 0xFFFF)]
 
     def _add_second(self, part: tuple) -> None:
         counts, histograms, images = part
@@ -276,7 +179,7 @@ class PixelAccumulator:
         self.second += images
 
     def _tables_on(self, amap):
-        if not _is_torch(amap):
+        if not is_torch(amap):
             return self.rank, self.slot
         if amap.device not in self._device:
             self._device[amap.device] = (torch.from_numpy(self.rank).to(amap.device),
@@ -287,14 +190,14 @@ class PixelAccumulator:
         """Equal-width bin of each score over the category's range, as intervals.pixel_histograms
         computes it (float64); the maximum falls in the last bin."""
         scale = self.bins / (self.high - self.low) if self.high > self.low else 0.0
-        if _is_torch(scores):
+        if is_torch(scores):
             return ((scores.reshape(-1).double() - self.low) * scale).long().clamp_(max=self.bins - 1)
         levels = np.subtract(np.asarray(scores).reshape(-1), self.low, dtype=np.float64)
         levels *= scale
         return levels.astype(np.intp)  # the maximum lands on `bins`: folded into the last bin by _counts
 
     def _counts(self, levels) -> np.ndarray:
-        counts = _bincount(levels, self.bins + 1)
+        counts = bincount(levels, self.bins + 1)
         counts[self.bins - 1] += counts[self.bins]
         return counts[:self.bins]
 
