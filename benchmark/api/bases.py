@@ -66,7 +66,7 @@ class FeatureAdapter(Adapter):
 class TrainedAdapter(Adapter):
     trains_on_source = True
     checkpoint: Path | None = None
-    training_history: list = []
+    training_history: tuple = ()  # the harness sets the loaded checkpoint's history
 
     def checkpoint_identity(self, setting) -> dict:
         """Everything of the config (and trainer) that shapes the model for this setting, the

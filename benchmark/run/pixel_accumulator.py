@@ -1,26 +1,29 @@
 """Exact pixel metrics of a category, accumulated image by image: no pixel array of the category
 is ever concatenated or sorted, so memory does not grow with the category.
 
-Every float32 score becomes an order-preserving int32 key (the float's bits, with the lower 31
-bits flipped for negative floats; -0.0 is +0.0). The metrics need, at each distinct score that a
-defect pixel has (the thresholds that matter: benchmark/run/metrics.py:Curve), the defect pixels
-at it and the normal pixels at or above it and strictly above it. So:
+Every float32 score becomes an order-preserving int32 key (benchmark/run/pixel_keys.py). The
+metrics need, at each distinct score that a defect pixel has (the thresholds that matter:
+benchmark/run/metrics.py:Curve), the defect pixels at it and the normal pixels at or above it
+and strictly above it. So:
 
-  pass 1 (each image, as it is scored): a histogram of all pixels' keys by their high 16 bits
-         (one bincount), the image's minimum and maximum, and its defect pixels' keys, scores and
-         PRO weights (1 / region size; defect pixels are few);
-  then:  the defect keys' distinct values (the only sort, of defect pixels alone) and the
-         'shared' buckets, the high-16-bit buckets that hold a defect key;
-  pass 2 (each image again): the pixels of shared buckets counted at full key resolution (a
-         bincount over shared bucket x low 16 bits, batched over images), and the image's
-         bootstrap histogram on the category's equal-width bins (benchmark/run/intervals.py),
-         which needs the category's range.
+  pass 1 (each image, as it is scored): a histogram of all pixels' keys by their high 16 bits,
+         the image's minimum and maximum, and its defect pixels' keys and PRO weights (1 / region
+         size; defect pixels are few);
+  then:  the defect keys' distinct values (the only sort, of defect pixels alone), the 'shared'
+         buckets (the high-16-bit buckets that hold a defect key, or the whole span between the
+         first and the last when they lie close) and a table of every shared key's slot,
+         2 x (distinct defect keys below it) + (1 if it is one);
+  pass 2 (each image again, in threads): the pixels of shared buckets counted by slot, and the
+         image's bootstrap histogram on the category's equal-width bins
+         (benchmark/run/intervals.py), which needs the category's range.
 
 Normal pixels = all pixels - defect pixels, at either resolution. A normal pixel in a bucket
 without a defect key lies on one side of every threshold, so its bucket places it exactly; in a
-shared bucket its full key does. Ties therefore count as scikit-learn counts them, and the curve
-is the one a global sort gives, value for value (tests/test_pixel_accumulator.py). Memory: a
-64 K-bin histogram, the defect pixels, and 64 K counters per shared bucket.
+shared bucket its slot does. Ties therefore count as scikit-learn counts them, and the curve is
+the one a global sort gives, value for value (tests/test_pixel_accumulator.py). Memory: a 64 K-bin
+histogram, the defect pixels, and 64 K table entries per shared bucket; above `max_table_buckets`
+(scores near zero spread over many exponents) a binary search among the defect keys replaces the
+table: memory stays bounded, but it is then slower than a global sort (evaluation_scale.py).
 
 The arithmetic runs on numpy arrays or torch tensors alike; on CUDA the maps stay on the device
 and only the counts come back (benchmark/run/engine.py).
@@ -35,8 +38,9 @@ import torch
 
 from benchmark.run.metrics import Curve, aupro_from_curve
 from benchmark.run.pixel_keys import (BUCKETS, HALF, NAN_MESSAGE, SWAP_HALVES, add_counts, bincount, buckets, concatenate,
-                                      high_halves, is_torch, map_in_threads, to_numpy, workers_for, key_scores, ordered_keys,
-                                      region_inverse_sizes)
+                                      high_halves, is_torch, key_scores, map_in_threads, ordered_keys, region_inverse_sizes,
+                                      to_numpy, workers_for)
+
 
 class PixelAccumulator:
     """add() each image's (mask, map); finish(); then add_second_pass() for every image in the
