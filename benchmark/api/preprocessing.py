@@ -72,20 +72,26 @@ class Preprocessing:
         std = torch.tensor(self.std).view(3, 1, 1)
         return (array - mean) / std
 
-    def to_original(self, input_map: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """A [size, size] map in model space -> the original (height, width), bilinearly.
+    def to_original(self, input_map, original_size: tuple[int, int]):
+        """A [size, size] map in model space -> the original (height, width), bilinearly; a numpy
+        array gives a float32 array, a tensor a tensor on its device (maps finished on a GPU).
 
         'squash' is a plain resize. For 'shorter' the map is pasted back where the centre crop
         came from; the border the crop cut away was never seen by the method and gets the map's
         minimum (no evidence of an anomaly), so every method is scored on the same pixels."""
+        as_numpy = not isinstance(input_map, torch.Tensor)
+        amap = torch.from_numpy(np.ascontiguousarray(input_map, dtype=np.float32)) if as_numpy else input_map.float()
         height, width = original_size
-        if self.resize == "squash":
-            return _resize_float(input_map, (height, width))
-        new_w, new_h = self._resized_size(width, height)
-        left, top, _, _ = self._crop_box(new_w, new_h)
-        canvas = np.full((new_h, new_w), float(input_map.min()), dtype=np.float32)
-        canvas[top:top + self.size, left:left + self.size] = input_map
-        return _resize_float(canvas, (height, width))
+        if self.resize != "squash":
+            new_w, new_h = self._resized_size(width, height)
+            left, top, _, _ = self._crop_box(new_w, new_h)
+            canvas = amap.new_full((new_h, new_w), float(amap.min()))
+            canvas[top:top + self.size, left:left + self.size] = amap
+            amap = canvas
+        if tuple(amap.shape) != (height, width):  # bilinear, align_corners=False
+            amap = torch.nn.functional.interpolate(amap[None, None], size=(height, width), mode="bilinear",
+                                                   align_corners=False)[0, 0]
+        return amap.numpy() if as_numpy else amap
 
     def mask(self, mask: np.ndarray) -> torch.Tensor:
         """Boolean mask at the original size -> {0, 1} float [size, size], same geometry, nearest."""
@@ -99,10 +105,3 @@ class Preprocessing:
         pil = self._geometry(Image.fromarray(mask.astype(np.uint8) * 255), Image.NEAREST)
         return torch.from_numpy((np.asarray(pil) > 127).astype(np.float32))
 
-
-def _resize_float(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize (align_corners=False) of a float map to (height, width)."""
-    if array.shape == tuple(size):
-        return array.astype(np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    return torch.nn.functional.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()

@@ -134,7 +134,7 @@ def cmd_refs(args) -> int:
     targets = sorted({t for _, t in experiment.pairs})
     every = [Cell(None, "*", t, s, seed) for t in targets for s in experiment.settings for seed in experiment.seeds]
     raise_for_shortages(shortages(runner.data, every), str(experiment.path))
-    made = runner.data.ensure_manifests({(t, s, seed) for t in targets for s in experiment.settings for seed in experiment.seeds})
+    made = runner.data.ensure_manifests({(c.target, c.setting, c.seed) for c in every})
     print(f"{made} manifests present and verified under {Path(args.results) / 'references' / experiment.protocol}")
     return 0
 

@@ -128,13 +128,14 @@ def normal_shortage(available: int, category: str, k: int, seed: int, rule: str,
 
 
 def abnormal_shortage(table: pd.DataFrame, category: str, setting: Setting, seed: int, protocol: str,
-                      mask_threshold: int) -> list[str]:
-    """What a setting's abnormal references lack at this seed ([] when nothing)."""
+                      mask_threshold: int, drawn: pd.Series | None = None) -> list[str]:
+    """What a setting's abnormal references lack at this seed ([] when nothing); `drawn`: the clean
+    protocol's reference when the caller has drawn it already (it reads masks to draw it)."""
     if not setting.k_abnormal:
         return []
     defects = table[(table.category == category) & (table.split == "test") & (table.label == 1)]
     if protocol == "clean":
-        if clean_abnormal_reference(table, category, seed, mask_threshold) is None:
+        if (drawn if drawn is not None else clean_abnormal_reference(table, category, seed, mask_threshold)) is None:
             return [f"category {category!r} has no defective test image with a non-empty mask;"
                     f" setting {setting.label} needs one (use N<k> settings for this data set)"]
         return []
@@ -146,14 +147,14 @@ def abnormal_shortage(table: pd.DataFrame, category: str, setting: Setting, seed
 
 
 def manifest_shortages(table: pd.DataFrame, category: str, setting: Setting, seed: int, protocol: str,
-                       nested_block: int, mask_threshold: int) -> list[str]:
+                       nested_block: int, mask_threshold: int, drawn: pd.Series | None = None) -> list[str]:
     """Everything one (category, setting, seed) lacks for its manifest, one line each, without
     drawing or writing anything: the planning pass reports them all before a run starts."""
     if protocol not in PROTOCOLS:
         return [f"unknown protocol {protocol!r}{closest(protocol, PROTOCOLS)}"]
     good = int(((table.category == category) & (table.split == "train") & (table.label == 0)).sum())
     return (normal_shortage(good, category, setting.k_normal, seed, NORMAL_RULES[protocol], nested_block)
-            + abnormal_shortage(table, category, setting, seed, protocol, mask_threshold))
+            + abnormal_shortage(table, category, setting, seed, protocol, mask_threshold, drawn))
 
 
 def _has_defect_pixels(row, mask_threshold: int) -> bool:
@@ -189,13 +190,13 @@ def _rows(frame: pd.DataFrame | list, role: str, data_root: Path) -> list[dict]:
 
 def make_manifest(table: pd.DataFrame, data_root: Path, category: str, setting: Setting, seed: int,
                   protocol: str, nested_block: int, mask_threshold: int) -> pd.DataFrame:
-    problems = manifest_shortages(table, category, setting, seed, protocol, nested_block, mask_threshold)
+    abnormal = clean_abnormal_reference(table, category, seed, mask_threshold) if protocol == "clean" else None
+    problems = manifest_shortages(table, category, setting, seed, protocol, nested_block, mask_threshold, abnormal)
     if problems:
         raise GadbenchError(problems[0])
     normal = normal_references(table, category, setting.k_normal, seed, NORMAL_RULES[protocol], nested_block)
     rows = _rows(normal, "normal", data_root)
     if protocol == "clean":
-        abnormal = clean_abnormal_reference(table, category, seed, mask_threshold)
         if abnormal is not None:
             rows += _rows([abnormal.to_dict()], "abnormal" if setting.k_abnormal else "excluded", data_root)
     elif setting.k_abnormal:

@@ -11,7 +11,7 @@ import pandas as pd
 from benchmark.api import TrainingData
 from benchmark.data import check_category, read_dataset
 from benchmark.data.batches import training_data
-from benchmark.data.references import ensure_manifest, limit_queries, plan_category
+from benchmark.data.references import ensure_manifest, limit_queries, manifest_path, plan_category
 from benchmark.errors import GadbenchError
 from benchmark.run.experiment import Cell, Experiment
 
@@ -45,6 +45,9 @@ class DataCatalogue:
         for name in sorted({c.source for c in cells if c.source != "*"} | {c.target for c in cells}):
             self.table(name)
         self.ensure_manifests({(c.target, c.setting, c.seed) for c in cells})
+
+    def manifest_file(self, target: str, category: str, setting, seed: int) -> Path:
+        return manifest_path(self.results_root / "references", self.experiment.protocol, target, category, setting, seed)
 
     def _manifest(self, target: str, category: str, setting, seed: int):
         experiment, spec = self.experiment, self.experiment.datasets[target]

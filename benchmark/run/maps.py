@@ -112,8 +112,7 @@ def maps_at_original(maps: torch.Tensor | np.ndarray, sizes: list[tuple[int, int
             amap = rows @ amap @ columns.T
         if to_original is None:  # blurred at the input: its maximum scores a method that gives no image score
             input_maxima[index] = amap.max().item()
-            out.append(_input_to_original(amap, tuple(size), preprocessing) if on_device
-                       else preprocessing.to_original(amap.numpy(), tuple(size)))
+            out.append(preprocessing.to_original(amap if on_device else amap.numpy(), tuple(size)))
             continue
         # the crop's border gets the map's minimum (at the input size): minimum + A (map - minimum)
         low = amap.min() if fill else 0.0
@@ -142,21 +141,6 @@ def _on(device: torch.device, to_input, to_original, fill):
         return _DEVICE_COPIES[key][1]
 
     return moved(to_input), moved(to_original), fill
-
-
-def _input_to_original(amap: torch.Tensor, size: tuple[int, int], preprocessing: Preprocessing) -> torch.Tensor:
-    """preprocessing.to_original in torch, on the map's device: squash is a plain bilinear resize;
-    a centre crop is pasted back on a canvas of the map's minimum, then resized."""
-    height, width = size
-    if preprocessing.resize != "squash":
-        new_w, new_h = preprocessing._resized_size(width, height)
-        left, top, _, _ = preprocessing._crop_box(new_w, new_h)
-        canvas = amap.new_full((new_h, new_w), float(amap.min()))
-        canvas[top:top + preprocessing.size, left:left + preprocessing.size] = amap
-        amap = canvas
-    if tuple(amap.shape) == (height, width):
-        return amap
-    return F.interpolate(amap[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
 
 
 def finish(adapter: Adapter, prediction: Prediction, batch: ImageBatch) -> tuple[np.ndarray, list[np.ndarray] | None]:

@@ -54,6 +54,8 @@ def shortages(catalogue: DataCatalogue, cells: list[Cell]) -> list[Shortage]:
                 except GadbenchError as error:
                     found.append(Shortage(target, category, "*", None, str(error)))
                     continue
+            if catalogue.manifest_file(target, category, setting, seed).is_file():
+                continue  # drawn before: the pre-flight verifies it against the files on disk
             for problem in manifest_shortages(table, category, setting, seed, experiment.protocol,
                                               experiment.protocol_options["nested_block"], spec.mask_threshold):
                 found.append(Shortage(target, category, setting.label, seed, problem))
@@ -66,8 +68,7 @@ def _training_shortages(cells: list[Cell], tables: dict) -> list[Shortage]:
     once per (method, source, target, k)."""
     found, asked = [], set()
     for cell in cells:
-        adapter = cell.method.adapter if cell.method is not None else None
-        if adapter is None or not cell.method.adapter_class.trains_on_source:
+        if cell.method is None or not cell.method.adapter_class.trains_on_source:  # `refs make` plans no method
             continue
         key = (cell.method.name, cell.source, cell.target, cell.setting.k_normal)
         if key in asked or cell.source not in tables or cell.target not in tables:
