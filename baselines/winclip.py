@@ -8,6 +8,9 @@ maps, image score = (text score + max reference score) / 2: all as anomalib impl
   - the weights come from a local file (verified, loaded with weights_only=True), never from the
     network: anomalib's constructor would download them, so it is built with pretrained=None;
   - text embeddings are computed once per class name and reused across settings and seeds;
+  - an image's visual embeddings (image, window and patch embeddings) come through the feature
+    cache, so a query or reference image is encoded once for all the cells that see it; the scores
+    are then anomalib's own forward on those embeddings;
   - `class_names: readable` (configs/class_names.yaml, e.g. pcb1 -> printed circuit board);
     anomalib prompts with the category string as it is (`class_names: raw`);
   - the 240 x 240 map is resized back onto the original image (benchmark.api.preprocessing.to_original);
@@ -18,6 +21,7 @@ maps, image score = (text score + max reference score) / 2: all as anomalib impl
 from __future__ import annotations
 
 import contextlib
+import json
 from unittest import mock
 
 import numpy as np
@@ -29,6 +33,13 @@ from benchmark.api import NORMAL, GadbenchError, ImageBatch, Prediction, Referen
 from benchmark.features.weights import RANDOM, fixed_random_init
 
 __all__ = ["OPENAI_MEAN", "OPENAI_STD", "WinCLIPAdapter"]
+
+
+@contextlib.contextmanager
+def _encoded(model, embeddings: tuple):
+    """anomalib's forward and setup with `embeddings` in place of their encode_image call."""
+    with mock.patch.object(model, "encode_image", lambda _images: embeddings):
+        yield model
 
 
 @contextlib.contextmanager
@@ -102,6 +113,28 @@ class WinCLIPAdapter(ClipAdapter):
             self._text_embeddings[name] = model.text_embeddings.clone()
         return self._text_embeddings[name]
 
+    def _encoder_id(self) -> str:
+        """What the cached embeddings depend on: architecture, weights, window scales."""
+        architecture = json.dumps(self.config["clip_model_config"], sort_keys=True)
+        return f"winclip:{self.config['clip_model']}:{architecture}@{self._weights_sha256[:16]}/scales{self.config['scales']}"
+
+    def _embeddings(self, batch: ImageBatch) -> tuple:
+        """anomalib's encode_image output for the batch: (image [B, D], windows per scale
+        [B, W, D], patches [B, P, D]), each image encoded once per process (and run, with the disk tier)."""
+        model = self.model
+
+        def encode(images):
+            image, windows, patches = model.encode_image(images)
+            return [image, *windows, patches]
+
+        levels = self.context.features.cached(self._encoder_id(), batch, encode)
+        return levels[0], levels[1:-1], levels[-1]
+
+    def _placeholder(self, batch: ImageBatch) -> torch.Tensor:
+        """anomalib's forward reads only its input's size (to resize the map): no pixels needed."""
+        size = self.config["image_size"]
+        return torch.empty(len(batch), 3, size, size, device=self.context.device)
+
     @torch.no_grad()
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
         model = self.model
@@ -109,12 +142,14 @@ class WinCLIPAdapter(ClipAdapter):
         # setup() with no class name collects only the visual (reference) embeddings; the text
         # embeddings of this class were computed once and are put back in place
         model.class_name = None
-        model.setup(None, normal.images.to(self.context.device))
+        with _encoded(model, self._embeddings(normal)):
+            model.setup(None, self._placeholder(normal))
         model._text_embeddings = text
 
     @torch.no_grad()
     def predict(self, batch: ImageBatch) -> Prediction:
-        output = self.model(batch.images.to(self.context.device))
+        with _encoded(self.model, self._embeddings(batch)) as model:
+            output = model(self._placeholder(batch))
         return Prediction(output.pred_score.float().cpu().numpy().astype(np.float64), output.anomaly_map.float())
 
     def describe(self) -> dict:

@@ -15,7 +15,7 @@ from benchmark.api import ImageBatch, ReferenceSet
 from benchmark.cli import main
 from benchmark.features.service import FeatureService
 from benchmark.features.weights import WeightStore
-from stored_features import scored
+from stored_features import keyed_batch, keyed_references, scored
 from tests.contexts import run_context
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -173,6 +173,26 @@ def test_winclip_batch_of_one_equals_batch_of_four(tmp_path, tiny_clip):
     single = [scored(adapter, batch(queries[i:i + 1])) for i in range(4)]
     np.testing.assert_allclose(together.image_scores, [s.image_scores[0] for s in single], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(together.anomaly_maps[2], single[2].anomaly_maps[0], rtol=1e-4, atol=1e-6)
+
+
+def test_winclip_encodes_each_image_once_for_every_cell_that_sees_it(tmp_path, tiny_clip):
+    config, _ = tiny_clip
+    adapter = WinCLIPAdapter(config, context(tmp_path))
+    torch.manual_seed(5)
+    references, queries = batch(torch.randn(2, 3, 64, 64), cls=ReferenceSet), batch(torch.randn(3, 3, 64, 64))
+    adapter.set_references("bottle", references, None)
+    first = scored(adapter, queries)
+    assert adapter.context.features.misses == 5
+    # a second cell on the same images: every embedding from the cache, no pixel decoded
+    undecodable = keyed_batch(queries.keys, queries.original_sizes[0])
+    adapter.set_references("bottle", keyed_references(references.keys, references.original_sizes[0]), None)
+    again = scored(adapter, undecodable)
+    assert adapter.context.features.misses == 5 and not undecodable.decoded
+    np.testing.assert_array_equal(first.image_scores, again.image_scores)
+    np.testing.assert_array_equal(first.anomaly_maps[1], again.anomaly_maps[1])
+    # the reference embeddings are the cell's: one reference fewer changes the scores
+    adapter.set_references("bottle", keyed_references(references.keys[:1], references.original_sizes[0]), None)
+    assert not np.allclose(scored(adapter, undecodable).image_scores, first.image_scores)
 
 
 def test_list_and_weights_show_both_adapters(capsys, tmp_path):

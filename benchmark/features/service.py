@@ -70,33 +70,39 @@ class FeatureService:
             _, evicted = self._memory.popitem(last=False)
             self._memory_used -= sum(level.numel() * level.element_size() for level in evicted)
 
-    def _lookup(self, handle: BackboneHandle, key: str) -> list[torch.Tensor] | None:
-        levels = self._memory.get((handle.id, key))
+    def _lookup(self, model_id: str, key: str) -> list[torch.Tensor] | None:
+        levels = self._memory.get((model_id, key))
         if levels is not None:
-            self._memory.move_to_end((handle.id, key))
+            self._memory.move_to_end((model_id, key))
             self.memory_hits += 1
             return levels
-        levels = self.disk.get(handle.id, key) if self.disk is not None else None
+        levels = self.disk.get(model_id, key) if self.disk is not None else None
         if levels is not None:
             self.disk_hits += 1
-            self._remember((handle.id, key), levels)
+            self._remember((model_id, key), levels)
         return levels
 
-    def extract_layers(self, handle: BackboneHandle, batch: ImageBatch) -> list[torch.Tensor]:
-        """One [B, C, h, w] map per layer, on the service's device, from the caches where possible.
-        Only the images that miss both tiers are decoded and passed through the backbone."""
-        per_image = [self._lookup(handle, key) for key in batch.keys]
+    def cached(self, model_id: str, batch: ImageBatch, encode) -> list[torch.Tensor]:
+        """What `encode(images [n, 3, H, W]) -> list of [n, ...] tensors` gives for each image of
+        the batch, stacked on the service's device, from the caches where possible: only the images
+        that miss both tiers are decoded and encoded. `model_id` names the frozen model (its
+        architecture, weights and whatever else changes its output)."""
+        per_image = [self._lookup(model_id, key) for key in batch.keys]
         missing = [i for i, levels in enumerate(per_image) if levels is None]
         self.misses += len(missing)
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start:start + self.batch_size]
-            levels = [level.float().cpu() for level in handle.module(batch.images[chunk].to(self.device))]
+            levels = [level.float().cpu() for level in encode(batch.images[chunk].to(self.device))]
             for position, index in enumerate(chunk):
                 per_image[index] = [level[position].clone() for level in levels]
-                self._remember((handle.id, batch.keys[index]), per_image[index])
+                self._remember((model_id, batch.keys[index]), per_image[index])
                 if self.disk is not None:
-                    self.disk.put(handle.id, batch.keys[index], per_image[index])
+                    self.disk.put(model_id, batch.keys[index], per_image[index])
         return [torch.stack([maps[level] for maps in per_image]).to(self.device) for level in range(len(per_image[0]))]
+
+    def extract_layers(self, handle: BackboneHandle, batch: ImageBatch) -> list[torch.Tensor]:
+        """One [B, C, h, w] map per layer of a backbone, through the caches (see `cached`)."""
+        return self.cached(handle.id, batch, handle.module)
 
     def extract(self, handle: BackboneHandle, batch: ImageBatch) -> torch.Tensor:
         """The first (for one-layer backbones, the only) feature map: [B, C, h, w]."""
