@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+
+# a temporary file names its writer, so that a sweep spares the files of runs still writing
+_OWNER = re.compile(r"\.(?P<pid>\d+)@(?P<host>[^/]*)\.\w+\.tmp$")
+
+
+def temporary_owner(path: str | Path) -> tuple[str, int] | None:
+    """(host, process id) of the writer of an atomic_file temporary, None for another name."""
+    match = _OWNER.search(Path(path).name)
+    return (match["host"], int(match["pid"])) if match else None
 
 
 @contextlib.contextmanager
@@ -15,7 +26,8 @@ def atomic_file(path: str | Path):
     """Yields a temporary path in the target's folder; renamed onto `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{socket.gethostname()}.", suffix=".tmp",
+                                    dir=path.parent)
     os.close(handle)
     try:
         yield Path(temp)

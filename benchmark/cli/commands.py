@@ -38,7 +38,7 @@ def cache_dir(args) -> Path | None:
 
 
 def cmd_run(args) -> int:
-    from benchmark.run.grid import run_grid
+    from benchmark.run.grid import run_grid, summary_line
     from benchmark.run.runner import Runner
     from benchmark.run.session import pick_device
     from benchmark.features.weights import WeightStore
@@ -53,8 +53,7 @@ def cmd_run(args) -> int:
         raise GadbenchError(f"--jobs {args.jobs}: give 1 or more local processes")
     summary = run_grid(runner, jobs=args.jobs, scheduler=args.scheduler if args.backend == "dask" else None,
                          threads_per_job=args.threads_per_job)
-    print(f"{experiment.name}: {summary['total']} cells: {summary['already_done']} already done, "
-          f"{summary['done']} run, {summary['skipped']} skipped, {summary['failed']} failed")
+    print(summary_line(experiment.name, summary))
     return 1 if summary["failed"] else 0
 
 

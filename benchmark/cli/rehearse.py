@@ -20,7 +20,7 @@ def cmd_rehearse(args) -> int:
     from benchmark.run.rehearsal import (default_experiments, prepare_standin_data, rehearsal_bench, rehearsal_experiment,
                                          standin_counts)
     from benchmark.outputs.report import write_report
-    from benchmark.run.grid import run_grid
+    from benchmark.run.grid import run_grid, summary_line
     from benchmark.run.planning import shortages
     from benchmark.run.runner import Runner
     from benchmark.run.session import pick_device
@@ -54,8 +54,7 @@ def cmd_rehearse(args) -> int:
         experiment = runner.experiment
         summary = run_grid(runner)
         failed += summary["failed"]
-        print(f"{experiment.name} (rehearsal): {summary['total']} cells: {summary['already_done']} already done, "
-              f"{summary['done']} run, {summary['skipped']} skipped, {summary['failed']} failed")
+        print(summary_line(f"{experiment.name} (rehearsal)", summary))
         write_tables(experiment, results)
         experiments.append(experiment)
     benches = []

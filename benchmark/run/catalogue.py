@@ -4,15 +4,18 @@ references and query groups; and the sweeping of temporary files a killed run le
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pandas as pd
 
 from benchmark.api import TrainingData
+from benchmark.api.atomic import temporary_owner
 from benchmark.data import check_category, read_dataset
 from benchmark.data.batches import training_data
 from benchmark.data.references import ensure_manifest, limit_queries, manifest_path, plan_category
 from benchmark.errors import GadbenchError
+from benchmark.run.claims import STALE_AFTER_SECONDS, owner_gone
 from benchmark.run.experiment import Cell, Experiment
 
 
@@ -75,10 +78,14 @@ class DataCatalogue:
         return manifest_file, limit_queries(plan, self.experiment.limit) if self.experiment.limit else plan
 
     def sweep_temporary_files(self) -> int:
-        """Remove the temporary files a killed run can leave beside its cell files."""
+        """Remove the temporary files a killed run can leave beside its cell files; those of a run
+        still writing (another `gadbench run` on this folder) are kept."""
         removed = 0
         for folder in ("runs", "references", "checkpoints", "tables"):
             for temp in (self.results_root / folder).rglob(".*.tmp"):
-                temp.unlink(missing_ok=True)
-                removed += 1
+                host, pid = temporary_owner(temp) or (None, None)
+                with contextlib.suppress(FileNotFoundError):  # its writer renamed it meanwhile
+                    if owner_gone(host, pid, temp.stat().st_mtime, STALE_AFTER_SECONDS):
+                        temp.unlink()
+                        removed += 1
         return removed

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from benchmark.run import parallel
 from benchmark.run.experiment import Cell
 from benchmark.run.planning import raise_for_shortages, shortages
-from benchmark.run.record import DONE, FAILED, SKIPPED
+from benchmark.run.record import DONE, ELSEWHERE, FAILED, SKIPPED
 from benchmark.run.results import read_record
 from benchmark.run.runner import Runner
 
@@ -27,8 +27,8 @@ def run_grid(runner: Runner, cells: list[Cell] | None = None, jobs: int = 1, sch
     raise_for_shortages(shortages(runner.data, cells), str(runner.experiment.path))  # before anything is written
     runner.data.sweep_temporary_files()
     runner.data.preflight(cells)
-    todo = [c for c in cells if not runner.is_finished(c)]
-    summary = {"total": len(cells), "already_done": len(cells) - len(todo), DONE: 0, FAILED: 0, SKIPPED: 0}
+    todo = [c for c in cells if not runner.is_finished(c, report=lambda line: tqdm.write(line, file=sys.stderr))]
+    summary = {"total": len(cells), "already_done": len(cells) - len(todo), DONE: 0, FAILED: 0, SKIPPED: 0, ELSEWHERE: 0}
     if todo and (jobs > 1 or scheduler):
         statuses = _run_elsewhere(runner, todo, jobs, scheduler, threads_per_job or torch.get_num_threads())
     else:
@@ -36,10 +36,16 @@ def run_grid(runner: Runner, cells: list[Cell] | None = None, jobs: int = 1, sch
         bar = tqdm(todo, desc="cells", unit="cell", disable=not runner.show_progress)
         for cell in bar:
             bar.set_postfix_str(cell.id)
-            statuses.append((cell.id, runner.run_cell(cell).status))
+            statuses.append((cell.id, runner.run_claimed(cell)))
     for _, status in statuses:
         summary[status] += 1
     return summary
+
+
+def summary_line(name: str, summary: dict) -> str:
+    elsewhere = f", {summary[ELSEWHERE]} left to another run on this results folder" if summary[ELSEWHERE] else ""
+    return (f"{name}: {summary['total']} cells: {summary['already_done']} already done, {summary[DONE]} run, "
+            f"{summary[SKIPPED]} skipped, {summary[FAILED]} failed{elsewhere}")
 
 
 def _run_elsewhere(runner: Runner, todo: list[Cell], jobs: int, scheduler: str | None, threads: int) -> list[tuple[str, str]]:
@@ -51,7 +57,7 @@ def _run_elsewhere(runner: Runner, todo: list[Cell], jobs: int, scheduler: str |
     groups = parallel.group_cells(todo)
     statuses = parallel.run_dask(spec, groups, scheduler) if scheduler else parallel.run_joblib(spec, groups, jobs)
     for cell_id, status in statuses:
-        if status != DONE:
+        if status not in (DONE, ELSEWHERE):
             record = read_record(runner.path(next(c for c in todo if c.id == cell_id)))
             tqdm.write(f"{status}: {cell_id}: {record.why_not if record else 'no cell file'}", file=sys.stderr)
     return statuses

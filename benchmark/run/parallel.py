@@ -59,7 +59,7 @@ def run_group(spec: WorkerSpec, cell_ids: list[str]) -> list[tuple[str, str]]:
                     WeightStore(spec.weights_dir, spec.allow_download), batch_size=spec.batch_size,
                     show_progress=False, cache_dir=Path(spec.cache_dir) if spec.cache_dir else None)
     wanted = set(cell_ids)
-    return [(cell.id, runner.run_cell(cell).status) for cell in spec.experiment.cells() if cell.id in wanted]
+    return [(cell.id, runner.run_claimed(cell)) for cell in spec.experiment.cells() if cell.id in wanted]
 
 
 def run_joblib(spec: WorkerSpec, groups: list[list[Cell]], jobs: int) -> list[tuple[str, str]]:

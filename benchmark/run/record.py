@@ -15,6 +15,7 @@ from benchmark.errors import GadbenchError
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 DONE, FAILED, SKIPPED, MISSING = "done", "failed", "skipped", "missing"
+ELSEWHERE = "elsewhere"  # not run here: another run on the same results folder holds or finished it
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -42,17 +43,22 @@ def write_json_atomic(data: dict, path: Path) -> None:
         os.fsync(out.fileno())
 
 
-def read_cell(path: Path) -> dict | None:
-    """A cell file, or None if absent. A file that does not parse counts as absent (it is redone)."""
+def read_cell(path: Path, report: Callable[[str], None] | None = None) -> dict | None:
+    """A cell file, or None if absent. A file that does not parse (a disk fault, an edit) counts as
+    absent, so that it is computed again; `report` is told so, in one line that names it."""
     try:
         return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        if report is not None:
+            report(f"{path}: cannot be read ({type(error).__name__}: {error}); the cell is computed again")
         return None
 
 
-def read_record(path: Path) -> CellRecord | None:
+def read_record(path: Path, report: Callable[[str], None] | None = None) -> CellRecord | None:
     """A cell file as a CellRecord, or None if absent or unreadable (it is then redone)."""
-    data = read_cell(path)
+    data = read_cell(path, report)
     return CellRecord.from_json(data, path) if data else None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from benchmark.config import config_hash
 from benchmark.data import DatasetSpec
 from benchmark.errors import MissingWeights
 from benchmark.run.catalogue import DataCatalogue
+from benchmark.run.claims import Claims
 from benchmark.run.session import make_deterministic, open_method
 from benchmark.run.experiment import Cell, Experiment
 from benchmark.features.disk_cache import DiskFeatureCache
@@ -32,7 +34,7 @@ from benchmark.run.intervals import DESCRIPTION as BOOTSTRAP_DESCRIPTION, catego
 from benchmark.run.engine import evaluate_plan
 from benchmark.run.metrics import METRIC_NAMES
 from benchmark.run.provenance import git_state, package_versions
-from benchmark.run.record import DONE, FAILED, SKIPPED, CellIdentity, CellRecord
+from benchmark.run.record import DONE, ELSEWHERE, FAILED, SKIPPED, CellIdentity, CellRecord
 from benchmark.run.results import cell_path, read_record, write_json_atomic
 from benchmark.features.weights import WeightStore
 
@@ -54,6 +56,7 @@ class Runner:
         disk = DiskFeatureCache(self.cache_dir) if self.cache_dir is not None else None
         self.features = FeatureService(self.weights, self.device, disk=disk)
         self.data = DataCatalogue(self.experiment, self.results_root)
+        self.claims = Claims()
         make_deterministic(self.device)
 
     def cell_key(self, cell: Cell) -> str:
@@ -70,11 +73,21 @@ class Runner:
     def path(self, cell: Cell) -> Path:
         return cell_path(self.results_root, cell, self.experiment.protocol)
 
-    def is_finished(self, cell: Cell) -> bool:
-        existing = read_record(self.path(cell))
+    def is_finished(self, cell: Cell, report=None) -> bool:
+        """Whether the cell's file records it done under today's cell key; `report` hears of a
+        file that cannot be read (benchmark/run/results.py:read_cell)."""
+        existing = read_record(self.path(cell), report)
         return existing is not None and existing.done and existing.cell_key == self.cell_key(cell)
 
     # ------------------------------------------------------------------ one cell
+    def run_claimed(self, cell: Cell) -> str:
+        """Run the cell unless another run on this results folder holds its claim or has finished
+        it since the grid was planned: its status, or ELSEWHERE (benchmark/run/claims.py)."""
+        with self.claims.holding(self.path(cell).with_suffix(".claim")) as held:
+            if not held or self.is_finished(cell):
+                return ELSEWHERE
+            return self.run_cell(cell).status
+
     def identity(self, cell: Cell) -> CellIdentity:
         adapter_class = cell.method.adapter_class
         return CellIdentity(method=cell.method.name, method_label=cell.method.label, adapter=cell.method.adapter,
@@ -116,10 +129,12 @@ class Runner:
         returns (adapter, checkpoint)."""
         workdir = self.results_root / "checkpoints" / cell.method.name
         trains = cell.method.adapter_class.trains_on_source
-        opened = open_method(cell.method, device=self.device, weights=self.weights, features=self.features,
-                             workdir=workdir, seed=cell.seed, source=self.data.training_data(cell.source) if trains else None,
-                             setting=cell.setting, target=lambda: self.data.training_data(cell.target),
-                             checkpoints=workdir / cell.source)
+        with self.claims.holding(workdir / cell.source / "training.claim", wait=True) if trains else nullcontext():
+            # another run training this model: wait for it, then load its checkpoint
+            opened = open_method(cell.method, device=self.device, weights=self.weights, features=self.features,
+                                 workdir=workdir, seed=cell.seed, source=self.data.training_data(cell.source) if trains else None,
+                                 setting=cell.setting, target=lambda: self.data.training_data(cell.target),
+                                 checkpoints=workdir / cell.source)
         if timings is not None and opened.fit_seconds is not None:
             timings["fit_source_seconds"] = opened.fit_seconds
         return opened.adapter, opened.checkpoint
