@@ -45,3 +45,14 @@ def write_experiment(path: Path, synthetic_root: Path, methods=None, settings=("
 @pytest.fixture
 def tiny_experiment(tmp_path, synthetic_root) -> Path:
     return write_experiment(tmp_path / "tiny.yaml", synthetic_root)
+
+
+class RunsACommand:
+    """A pickled object whose unpickling creates a file (as a malicious one would run a command):
+    every tensor-file load must refuse it before anything runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

@@ -12,7 +12,8 @@ from benchmark.features.disk_cache import DiskFeatureCache
 from benchmark.features.service import FeatureService
 from benchmark.api.preprocessing import Preprocessing
 from benchmark.features.weights import WeightStore
-from conftest import write_experiment
+from benchmark.errors import GadbenchError
+from conftest import RunsACommand, write_experiment
 
 
 def _cells(results):
@@ -79,14 +80,19 @@ def test_two_processes_writing_one_entry_leave_a_whole_file(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_an_unreadable_entry_is_a_miss_not_an_error(tmp_path):
+@pytest.mark.parametrize("content", [b"not a torch file", "pickle"])
+def test_an_entry_that_is_not_a_tensor_file_is_refused_in_one_line(tmp_path, content):
     cache = DiskFeatureCache(tmp_path)
     cache.put("b", "k", [torch.zeros(2)])
-    cache.path("b", "k").write_bytes(b"not a torch file")
-    assert cache.get("b", "k") is None
+    path = cache.path("b", "k")
+    if content == "pickle":
+        torch.save([torch.zeros(2), RunsACommand(tmp_path / "ran")], path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(GadbenchError) as refused:
+        cache.get("b", "k")
+    message = str(refused.value)
+    assert message.startswith(f"{path}: not a plain tensor file") and "gadbench cache clear" in message
+    assert "\n" not in message and "weights_only=False" not in message
+    assert not (tmp_path / "ran").exists()
 
-
-@pytest.mark.parametrize("action", ["info", "clear"])
-def test_cache_commands_on_an_empty_folder(tmp_path, action, capsys):
-    assert main(["cache", action, "--cache-dir", str(tmp_path / "none")]) == 0
-    assert str(tmp_path / "none") in capsys.readouterr().out

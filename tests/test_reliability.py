@@ -151,7 +151,9 @@ def test_a_wrong_weights_checksum_fails_the_cell_with_what_to_do(tmp_path, data,
     path = write_experiment(tmp_path / "e.yaml", data, methods=[method], settings=["N1"], seeds=[0])
     capsys.readouterr()
     assert main(["run", "-e", str(path), "--results", str(tmp_path / "results"), "--weights-dir", str(weights), "--no-progress"]) == 1
-    assert "dinov2_vits14_pretrain.pth: cannot be loaded as weights" in capsys.readouterr().err
+    assert "delete it and download it again from https://dl.fbaipublicfiles.com/" in capsys.readouterr().err
+    error = json.loads(next((tmp_path / "results" / "runs").rglob("seed0.json")).read_text())["error"]
+    assert "dinov2_vits14_pretrain.pth: not a plain tensor file" in error
 
 
 def test_debug_shows_the_traceback(tmp_path, data):

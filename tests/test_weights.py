@@ -9,6 +9,7 @@ from benchmark.config import backbone_entry
 from benchmark.errors import GadbenchError, MissingWeights
 from benchmark.features.backbones import build_backbone
 from benchmark.features.weights import WeightFile, WeightStore, lukemelas_to_timm_efficientnet
+from conftest import RunsACommand
 
 LITE0 = backbone_entry("lite0_imagenet")
 
@@ -58,14 +59,15 @@ def test_wrong_sha256_is_refused(tmp_path):
         WeightStore(tmp_path).resolve(WeightFile("x", "w.pth", sha256="0" * 64))
 
 
-class Payload:  # an arbitrary pickled object: weights_only loading must refuse it
-    pass
-
-
-def test_weights_load_with_weights_only(tmp_path):
-    torch.save({"w": torch.zeros(1), "object": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(GadbenchError, match="cannot be loaded as weights"):
-        WeightStore(tmp_path).load_state_dict(WeightFile("x", "evil.pth"))
+def test_weights_that_are_not_a_plain_tensor_file_are_refused_in_one_line(tmp_path):
+    torch.save({"w": torch.zeros(1), "object": RunsACommand(tmp_path / "ran")}, tmp_path / "evil.pth")
+    with pytest.raises(GadbenchError) as refused:
+        WeightStore(tmp_path).load_state_dict(WeightFile("x", "evil.pth", url="https://example.org/evil.pth"))
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'evil.pth'}: not a plain tensor file, it would build Python objects")
+    assert "download it again from https://example.org/evil.pth" in message
+    assert "\n" not in message and "weights_only=False" not in message
+    assert not (tmp_path / "ran").exists()
 
 
 def test_vit_backbone_gives_a_patch_grid_without_prefix_tokens():

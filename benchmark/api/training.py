@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from benchmark.api.atomic import atomic_file
+from benchmark.api.tensor_files import load_tensors
 from benchmark.errors import GadbenchError
 
 
@@ -26,8 +27,8 @@ def save_atomic(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, config_hash: str) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("config_hash") != config_hash:
+    state = load_tensors(path, "delete it to train again")
+    if not isinstance(state, dict) or state.get("config_hash") != config_hash:
         raise GadbenchError(f"{path}: checkpoint was trained with a different config; delete it to retrain")
     return state
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from benchmark.api.atomic import atomic_file, write_text
+from benchmark.api.tensor_files import load_tensors
+from benchmark.errors import GadbenchError
 
 
 def _digest(text: str) -> str:
@@ -39,11 +41,10 @@ class DiskFeatureCache:
         path = self.path(backbone_id, key)
         if not path.exists():
             return None
-        try:
-            levels = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # an unreadable entry (disk full, manual edits) is a miss and is rewritten
-            return None
-        return levels if isinstance(levels, list) and all(isinstance(t, torch.Tensor) for t in levels) else None
+        levels = load_tensors(path, "delete it (`gadbench cache clear`) to compute it again")
+        if not (isinstance(levels, list) and all(isinstance(t, torch.Tensor) for t in levels)):
+            raise GadbenchError(f"{path}: not a feature-cache entry (a list of tensors); delete it (`gadbench cache clear`) to compute it again")
+        return levels
 
     def put(self, backbone_id: str, key: str, levels: list[torch.Tensor]) -> None:
         path = self.path(backbone_id, key)

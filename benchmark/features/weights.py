@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark.api.tensor_files import load_tensors
 from benchmark.errors import GadbenchError, MissingWeights
 from benchmark.data.images import file_sha256
 
@@ -158,14 +159,15 @@ class WeightStore:
 
     def load_state_dict(self, weight: WeightFile) -> tuple[dict, str]:
         path, sha256 = self.resolve(weight)
-        try:
-            if path.suffix == ".safetensors":  # timm / Hugging Face releases
-                from safetensors.torch import load_file
+        remedy = f"delete it and download it again{f' from {weight.url}' if weight.url else ''}"
+        if path.suffix == ".safetensors":  # timm / Hugging Face releases
+            from safetensors.torch import load_file
 
+            try:
                 return load_file(str(path)), sha256
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle errors, zip errors: all mean an unusable file
-            raise GadbenchError(f"{path}: cannot be loaded as weights ({type(error).__name__}); download it again") from None
+            except Exception as error:  # header or size errors: an unusable file
+                raise GadbenchError(f"{path}: not a safetensors file ({type(error).__name__}); {remedy}") from None
+        state = load_tensors(path, remedy)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
         return state, sha256
