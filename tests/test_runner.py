@@ -124,6 +124,30 @@ def test_tables_have_the_paper_shape(finished_run):
     assert {"washer:image_auroc:mean", "hex_nut:pixel_auroc:std"} <= set(per_category.columns)
 
 
+def test_the_spread_is_the_std_over_seeds_and_absent_for_one_seed(finished_run, synthetic_root, tmp_path, capsys):
+    import pandas as pd
+    import shutil
+
+    _, results = finished_run
+    runs = results / "runs" / "clean" / "nn_tiny" / "any__tiny_objects" / "N1"
+    per_seed = [json.loads((runs / f"seed{s}.json").read_text())["metrics"]["mean"]["image_auroc"] for s in (0, 1)]
+    two = pd.read_csv(results / "tables" / "tiny" / "main.csv").set_index("setting")
+    assert two.loc["N1", "tiny_objects:image_auroc:std"] == pytest.approx(100 * abs(per_seed[0] - per_seed[1]) / 2, abs=1e-4)
+
+    one_seed = write_experiment(tmp_path / "one.yaml", synthetic_root, seeds=[0])  # the same cells, seed 0 alone
+    copy = tmp_path / "results"
+    shutil.copytree(results / "runs", copy / "runs")
+    capsys.readouterr()
+    assert main(["tables", "--experiment", str(one_seed), "--results", str(copy)]) == 0
+    printed = capsys.readouterr().out
+    one = pd.read_csv(copy / "tables" / "tiny" / "main.csv").set_index("setting")
+    assert one.loc["N1", "tiny_objects:image_auroc:mean"] == pytest.approx(100 * per_seed[0], abs=1e-4)
+    assert one.filter(like=":std").isna().all().all()  # empty in the CSV, not 0
+    rows = [line for line in printed.splitlines() if line.startswith("| N")]
+    assert rows and not any("±" in row for row in rows), printed
+    assert "\\pm" not in (copy / "tables" / "tiny" / "main.tex").read_text()
+
+
 class ExplodingAdapter(registry.resolve("normal_nn")):
     name = "exploding"
 

@@ -53,7 +53,8 @@ def per_category_bars(experiment: Experiment, frame: pd.DataFrame, target: str, 
                              "auroc": 100 * (metrics.get("image_auroc") or np.nan)})
     if not rows:
         return None
-    data = pd.DataFrame(rows).groupby(["label", "category"]).auroc.agg(["mean", "std"]).reset_index()
+    # the tables' spread: the population std over seeds (none for one seed)
+    data = pd.DataFrame(rows).groupby(["label", "category"]).auroc.agg(mean="mean", std=lambda v: v.std(ddof=0)).reset_index()
     labels, categories = list(dict.fromkeys(data.label)), sorted(data.category.unique())
     figure, axis = plt.subplots(figsize=(max(6, 1.4 * len(categories) * max(1, len(labels)) / 3), 3.6))
     width = 0.8 / len(labels)

@@ -74,7 +74,7 @@ def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str], w
             for metric, _ in TABLE_METRICS:
                 values = done[metric].dropna().to_numpy() if metric in done else np.array([])
                 row[f"{target}:{metric}:mean"] = 100 * values.mean() if values.size else np.nan
-                row[f"{target}:{metric}:std"] = 100 * values.std(ddof=0) if values.size else np.nan
+                row[f"{target}:{metric}:std"] = 100 * values.std(ddof=0) if values.size > 1 else np.nan  # one seed: no spread
                 bounds = pooled_interval(done, metric) if len(done) == len(cells) and len(done) else None
                 row[f"{target}:{metric}:ci_low"], row[f"{target}:{metric}:ci_high"] = \
                     (100 * bounds[0], 100 * bounds[1]) if bounds else (np.nan, np.nan)
@@ -147,12 +147,13 @@ def _formatted(table: pd.DataFrame, targets: list[str], style: str) -> tuple[lis
             if np.isnan(mean):
                 text = "–"
             else:
-                text = f"{mean:.1f} ± {std:.1f}" if style == "console" else f"{mean:.1f}$\\pm${std:.1f}"
+                spread = "" if np.isnan(std) else (f" ± {std:.1f}" if style == "console" else f"$\\pm${std:.1f}")
+                text = f"{mean:.1f}{spread}"
                 rank = ranks[(target, metric)].get(index)
                 if style == "latex" and rank == 1:
-                    text = f"\\textbf{{{mean:.1f}}}$\\pm${std:.1f}"
+                    text = f"\\textbf{{{mean:.1f}}}{spread}"
                 elif style == "latex" and rank == 2:
-                    text = f"\\underline{{{mean:.1f}}}$\\pm${std:.1f}"
+                    text = f"\\underline{{{mean:.1f}}}{spread}"
                 elif style == "console" and rank == 1:
                     text += " *"
                 if rank != 1 and record.get(f"{target}:{metric}:not_worse") in (True,):
@@ -195,8 +196,9 @@ def caption(experiment: Experiment, what: str) -> str:
     protocol = {"clean": "clean protocol: abnormal reference removed from the queries",
                 "official": "official NAGL protocol: type-matched abnormal reference kept in the test set"}[experiment.protocol]
     prefix = "REHEARSAL, not results: " if experiment.rehearsal else ""
-    return (f"{prefix}{experiment.name}: {what}, AUROC (\\%), mean $\\pm$ std over seeds "
-            f"{', '.join(map(str, experiment.seeds))}; {protocol}.")
+    seeds = ", ".join(map(str, experiment.seeds))
+    spread = f"mean $\\pm$ std over seeds {seeds}" if len(experiment.seeds) > 1 else f"seed {seeds} (one seed: no spread)"
+    return f"{prefix}{experiment.name}: {what}, AUROC (\\%), {spread}; {protocol}."
 
 
 def per_category_table(experiment: Experiment, frame: pd.DataFrame, target: str) -> pd.DataFrame:
@@ -213,7 +215,7 @@ def per_category_table(experiment: Experiment, frame: pd.DataFrame, target: str)
                 values = [per[category][metric] for per in done.per_category
                           if category in per and per[category].get(metric) is not None]
                 row[f"{category}:{metric}:mean"] = 100 * np.mean(values) if values else np.nan
-                row[f"{category}:{metric}:std"] = 100 * np.std(values) if values else np.nan
+                row[f"{category}:{metric}:std"] = 100 * np.std(values) if len(values) > 1 else np.nan
         out.append(row)
     return pd.DataFrame(out)
 
@@ -253,7 +255,8 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print, rendere
         headers, rows = _formatted(table, targets, "console")
         headers = headers[:2] + [h.replace(t, displays[t], 1) for h in headers[2:] for t in targets if h.startswith(t + " ")] + headers[2 + 2 * len(targets):]
         prefix = "REHEARSAL, not results: " if experiment.rehearsal else ""
-        shown = RenderedTable(f"{prefix}{table_name} ({experiment.name}, AUROC %, mean ± std over seeds; * best of its shot group)",
+        spread = "mean ± std over seeds" if len(experiment.seeds) > 1 else "one seed: no spread"
+        shown = RenderedTable(f"{prefix}{table_name} ({experiment.name}, AUROC %, {spread}; * best of its shot group)",
                               headers, rows, footnotes)
         echo("\n" + shown.title)
         echo(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
