@@ -102,10 +102,13 @@ def test_pixel_metrics_equal_scikit_learn_and_a_brute_force_aupro(name, searched
     assert got["pixel_aupro"] == pytest.approx(want["pixel_aupro"], abs=1e-9)
 
 
+@pytest.mark.parametrize("searched", [False, True], ids=["slot table", "binary search"])
 @pytest.mark.parametrize("name", ["random", "heavy ties", "negative and -0.0", "bucket boundary", "defects in distant buckets"])
-def test_the_torch_path_counts_as_the_numpy_path(name):
+def test_the_torch_path_counts_as_the_numpy_path(name, searched):
     masks, maps = cases()[name]
-    on_numpy, on_torch = accumulate(masks, maps), accumulate(masks, maps, as_tensor=True)
+    tables = 0 if searched else 768
+    on_numpy = accumulate(masks, maps, max_table_buckets=tables)
+    on_torch = accumulate(masks, maps, as_tensor=True, max_table_buckets=tables)
     assert on_torch.metrics() == on_numpy.metrics()
     np.testing.assert_array_equal(np.stack(on_torch.histograms), np.stack(on_numpy.histograms))
 

@@ -6,24 +6,26 @@ metrics need, at each distinct score that a defect pixel has (the thresholds tha
 benchmark/run/metrics.py:Curve), the defect pixels at it and the normal pixels at or above it
 and strictly above it. So:
 
-  pass 1 (each image, as it is scored): a histogram of all pixels' keys by their high 16 bits,
-         the image's minimum and maximum, and its defect pixels' keys and PRO weights (1 / region
-         size; defect pixels are few);
+  pass 1 (each image, as it is scored): the image's minimum and maximum, and its defect pixels'
+         keys and PRO weights (1 / region size; defect pixels are few);
   then:  the defect keys' distinct values (the only sort, of defect pixels alone), the 'shared'
          buckets (the high-16-bit buckets that hold a defect key, or the whole span between the
          first and the last when they lie close) and a table of every shared key's slot,
          2 x (distinct defect keys below it) + (1 if it is one);
-  pass 2 (each image again, in threads): the pixels of shared buckets counted by slot, and the
-         image's bootstrap histogram on the category's equal-width bins
-         (benchmark/run/intervals.py), which needs the category's range.
+  pass 2 (each image again, in threads): the pixels of shared buckets counted by slot; the other
+         pixels counted by bucket (a histogram of the keys' high 16 bits), or, when the shared
+         buckets are one span, as below or above it (two counts: no histogram); and the image's
+         bootstrap histogram on the category's equal-width bins (benchmark/run/intervals.py),
+         which needs the category's range.
 
 Normal pixels = all pixels - defect pixels, at either resolution. A normal pixel in a bucket
-without a defect key lies on one side of every threshold, so its bucket places it exactly; in a
-shared bucket its slot does. Ties therefore count as scikit-learn counts them, and the curve is
-the one a global sort gives, value for value (tests/test_pixel_accumulator.py). Memory: a 64 K-bin
+without a defect key lies on one side of every threshold, so its bucket (or its side of the span)
+places it exactly; in a shared bucket its slot does. Ties therefore count as scikit-learn counts
+them, and the curve is the one a global sort gives, value for value (tests/test_pixel_accumulator.py). Memory: a 64 K-bin
 histogram, the defect pixels, and 64 K table entries per shared bucket; above `max_table_buckets`
-(scores near zero spread over many exponents) a binary search among the defect keys replaces the
-table: memory stays bounded, but it is then slower than a global sort (evaluation_scale.py).
+(scores near zero spread over many exponents) each image's shared pixels are sorted and the
+distinct defect keys located among them instead: memory stays bounded, at about the speed of the
+table (evaluation_scale.py's hard case).
 
 The arithmetic runs on numpy arrays or torch tensors alike; on CUDA the maps stay on the device
 and only the counts come back (benchmark/run/engine.py).
@@ -48,9 +50,8 @@ class PixelAccumulator:
 
     def __init__(self, bins: int = 1000, max_table_buckets: int = 768):
         """max_table_buckets: above this many shared buckets (768: a 192 MiB slot table), pixels are
-        placed by a binary search among the defect keys instead (memory then grows with those alone)."""
+        counted by sorting each image's shared pixels instead (memory then grows with the defect keys alone)."""
         self.bins, self.max_table_buckets = bins, max_table_buckets
-        self.coarse = np.zeros(BUCKETS, np.int64)  # all pixels per high-16-bit bucket
         self.defect_keys, self.defect_weights = [], []  # per image: int32 keys (the scores, losslessly), PRO weights
         self.positives = self.negatives = self.regions = self.images = self.second = 0
         self.low, self.high = math.inf, -math.inf
@@ -74,21 +75,16 @@ class PixelAccumulator:
         if math.isnan(low) or math.isnan(high):
             raise ValueError(NAN_MESSAGE)
         keys = ordered_keys(amap, nonnegative=low > 0)
-        if is_torch(keys):
-            coarse = bincount(buckets(keys), BUCKETS)
-        else:
-            coarse = np.bincount(high_halves(keys), minlength=BUCKETS)[SWAP_HALVES]
         mask_np = np.asarray(to_numpy(mask), dtype=bool)
         defect = np.flatnonzero(mask_np)  # few: indexing by position beats a boolean pass over every pixel
         if is_torch(amap):
             defect = torch.from_numpy(defect).to(amap.device)
         inverse, regions = region_inverse_sizes(mask_np)
-        return {"low": low, "high": high, "coarse": coarse, "keys": to_numpy(keys.reshape(-1)[defect]),
+        return {"low": low, "high": high, "keys": to_numpy(keys.reshape(-1)[defect]),
                 "weights": inverse, "regions": regions, "pixels": mask_np.size}
 
     def _merge(self, part: dict) -> None:
         self.low, self.high = min(self.low, part["low"]), max(self.high, part["high"])
-        self.coarse += part["coarse"]
         self.defect_keys.append(part["keys"])
         self.defect_weights.append(part["weights"])
         self.regions += part["regions"]
@@ -113,7 +109,7 @@ class PixelAccumulator:
         self.rank = np.full(BUCKETS, -1, np.int64)
         self.rank[self.shared] = np.arange(self.shared.size)
         self.searched = self.shared.size > self.max_table_buckets
-        if self.searched:  # scores spread over many exponents: a binary search instead of a table
+        if self.searched:  # scores spread over many exponents: no table (_searched_counts)
             self.slot = np.zeros(0, np.int32)
         else:  # the shared buckets' keys side by side in key order; a defect key marks its position
             marked = (self.rank[(self.distinct >> 16) + HALF] << 16) | (self.distinct & 0xFFFF)
@@ -123,7 +119,9 @@ class PixelAccumulator:
             self.slot *= 2
             self.slot[marked] -= 1
         self.shared_halves = (self.rank[SWAP_HALVES] >= 0)  # by the keys' unsigned high half
-        self.slots = np.zeros(2 * self.distinct.size + 1, np.int64)  # every pixel, by slot
+        self.slots = np.zeros(2 * self.distinct.size + 1, np.int64)  # the shared buckets' pixels, by slot
+        self.coarse = np.zeros(BUCKETS, np.int64)  # the other pixels by bucket, where a histogram places them
+        self.outside = np.zeros(2, np.int64)  # or by side: below and above a contiguous span
         self._device = {}
         self.defect_weights = None
 
@@ -142,13 +140,22 @@ class PixelAccumulator:
 
     def _second_chunk(self, items: list, with_histogram: bool) -> tuple:
         """Pass 2 of some images: their pixels per slot (shared buckets only; the slots of a few
-        images are counted at once, so that a bincount's cost is its pixels, not its slots) and
-        their histograms, in order."""
+        images are counted at once, so that a bincount's cost is its pixels, not its slots), the
+        other pixels by bucket or by side, and their histograms, in order."""
         counts, pending, waiting, histograms = None, [], 0, []
+        coarse, outside = np.zeros(BUCKETS, np.int64), np.zeros(2, np.int64)
         for index, amap in items:
             if self.shared.size:
-                pending.append(self._slots_of(amap))
-                waiting += pending[-1].numel() if is_torch(pending[-1]) else pending[-1].size
+                slots, by_bucket, by_side = self._slots_of(amap)
+                if self.searched and not is_torch(slots):  # already counted per slot
+                    counts = add_counts(counts, slots)
+                else:
+                    pending.append(slots)
+                    waiting += slots.numel() if is_torch(slots) else slots.size
+                if by_bucket is not None:
+                    coarse += by_bucket
+                if by_side is not None:
+                    outside += by_side
                 if waiting >= self.slots.size:
                     counts = add_counts(counts, bincount(concatenate(pending), self.slots.size))
                     pending, waiting = [], 0
@@ -156,38 +163,67 @@ class PixelAccumulator:
                 histograms.append(self._histogram(amap, key_scores(self.defect_keys[index])))
         if pending:
             counts = add_counts(counts, bincount(concatenate(pending), self.slots.size))
-        return counts, histograms, len(items)
+        return counts, coarse, outside, histograms, len(items)
 
-    def _slots_of(self, amap):
-        """The slot of each pixel of a shared bucket."""
+    def _slots_of(self, amap) -> tuple:
+        """The slot of each pixel of a shared bucket, and the other pixels either per bucket (a
+        histogram of the keys' high halves) or, beside a contiguous span, below and above it."""
         keys = ordered_keys(amap, nonnegative=self.low > 0).reshape(-1)
-        rank_table, slot_table = self._tables_on(amap)
+        rank_table, slot_table, distinct = self._tables_on(amap)
         if is_torch(keys):
-            rank = rank_table[buckets(keys).long()]
+            bucket = buckets(keys).long()
+            rank = rank_table[bucket]
             chosen = rank >= 0
-            return slot_table[(rank[chosen] << 16) | (keys[chosen] & 0xFFFF)]
+            if self.searched:  # on the device: one search per pixel (torch has no cheaper way)
+                picked = keys[chosen].long()
+                below = torch.searchsorted(distinct, picked)
+                equal = distinct[below.clamp(max=distinct.numel() - 1)] == picked
+                return 2 * below + equal, bincount(bucket, BUCKETS), None
+            return slot_table[(rank[chosen] << 16) | (keys[chosen] & 0xFFFF)], bincount(bucket, BUCKETS), None
         if self.contiguous and not self.searched:  # keys past either end wrap around to large unsigned offsets
             offset = (keys - self.span_start).view(np.uint32)
-            return slot_table[offset[offset < self.slot.size]]
+            inside = offset[offset < self.slot.size]
+            below = np.count_nonzero(keys < self.span_start)
+            return slot_table[inside], None, np.array([below, keys.size - inside.size - below])
+        by_bucket = np.bincount(high_halves(keys), minlength=BUCKETS)[SWAP_HALVES]
         chosen = keys[self.shared_halves[high_halves(keys)]]  # beyond one table look-up, only these pixels
         if self.searched:
-            below = np.searchsorted(self.distinct, chosen)  # distinct defect keys under each pixel's key
-            return 2 * below + (self.distinct[np.minimum(below, self.distinct.size - 1)] == chosen)
-        return slot_table[(rank_table[buckets(chosen)] << 16) | (chosen & 0xFFFF)]
+            return self._searched_counts(chosen), by_bucket, None
+        return slot_table[(rank_table[buckets(chosen)] << 16) | (chosen & 0xFFFF)], by_bucket, None
+
+    def _searched_counts(self, chosen: np.ndarray) -> np.ndarray:
+        """Without a slot table (scores spread over many exponents): the image's pixels per slot
+        from its shared pixels sorted (a vectorised sort) and the distinct defect keys' places
+        among them: two binary searches per distinct key, not one per pixel into the keys (that
+        one misses the cache at every step: several times slower)."""
+        if self.distinct.size > chosen.size:  # few pixels: each one searched among the keys
+            below = np.searchsorted(self.distinct, chosen)
+            equal = self.distinct[np.minimum(below, self.distinct.size - 1)] == chosen
+            return np.bincount(2 * below + equal, minlength=self.slots.size)
+        chosen = np.sort(chosen)
+        under = np.searchsorted(chosen, self.distinct, "left")  # pixels below each distinct key
+        at_or_under = np.searchsorted(chosen, self.distinct, "right")
+        counts = np.empty(self.slots.size, np.int64)
+        counts[1::2] = at_or_under - under  # at the key
+        counts[0:-1:2] = under - np.r_[0, at_or_under[:-1]]  # between it and the key below
+        counts[-1] = chosen.size - at_or_under[-1]  # above every key
+        return counts
 
     def _add_second(self, part: tuple) -> None:
-        counts, histograms, images = part
+        counts, coarse, outside, histograms, images = part
         if counts is not None:
             self.slots += counts
+        self.coarse += coarse
+        self.outside += outside
         self.histograms.extend(histograms)
         self.second += images
 
     def _tables_on(self, amap):
         if not is_torch(amap):
-            return self.rank, self.slot
+            return self.rank, self.slot, self.distinct
         if amap.device not in self._device:
-            self._device[amap.device] = (torch.from_numpy(self.rank).to(amap.device),
-                                         torch.from_numpy(self.slot).to(amap.device))
+            self._device[amap.device] = tuple(torch.from_numpy(table).to(amap.device)
+                                              for table in (self.rank, self.slot, self.distinct))
         return self._device[amap.device]
 
     def _levels(self, scores):
@@ -221,6 +257,8 @@ class PixelAccumulator:
         alone = np.flatnonzero((self.coarse > 0) & (self.rank < 0))
         slots = self.slots.copy()
         np.add.at(slots, 2 * np.searchsorted(self.distinct, (alone - HALF) << 16), self.coarse[alone])
+        slots[0] += self.outside[0]  # below the first defect key's bucket: below every threshold
+        slots[-1] += self.outside[1]  # above the last one's: above every threshold
         slots[1::2] -= self.defect_counts  # normal pixels only: the defect pixels sit at their own keys
         cumulative = np.r_[0, np.cumsum(slots)]  # [2i + 1]: normal pixels under distinct key i; [2i + 2]: at or under it
         under, at_or_under = cumulative[1:-1:2], cumulative[2::2]

@@ -13,7 +13,7 @@ size by the harness (benchmark/run/maps.py, blur sigma 4 at the original: NAGL's
 and prints ms per megapixel, their ratios, the largest difference between the implementations,
 and the peak memory the metrics and histograms take beyond the maps (tracemalloc: numpy's
 allocations). Last, the hard case: signed scores near zero, whose keys spread over many exponents,
-where pass 2 falls back to a binary search and the global sort is faster. Run:
+where pass 2 has no slot table and sorts each image's shared pixels instead. Run:
 
     .venv/bin/python tools/timing/evaluation_scale.py [--images 500] [--compare 20]
 """
@@ -115,7 +115,7 @@ def report_hard_case(images: int) -> None:
     seconds_old, old = timed(lambda: (pixel_metrics(masks, maps), pixel_histograms(masks, maps)))
     difference = max(abs(pixels.metrics()[k] - old[0][k]) for k in old[0])
     print(f"\nsigned scores near zero: {images} images of 1500 x 1000; {pixels.shared.size} shared buckets"
-          f" ({'binary search' if pixels.searched else 'slot table'})")
+          f" ({'no slot table: pixels sorted per image' if pixels.searched else 'slot table'})")
     print(f"  metrics + histograms: this {1e3 * seconds_new / megapixels:.1f}, previous (global sort)"
           f" {1e3 * seconds_old / megapixels:.1f} ms/Mpx; largest difference {difference:.1e}")
 
