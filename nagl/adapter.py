@@ -23,7 +23,7 @@ from nagl.train import EpisodeBank, TrainConfig, make_optimizer, train_epoch
 # (2: the model is initialised from the training seed; 3: the harness's checkpoint identity)
 TRAINER_VERSION = 3
 TRAINING_KEYS = {"epochs", "episodes_per_epoch", "batch_size", "learning_rate", "milestones", "gamma", "seed",
-                 "image_loss", "pixel_loss_weight", "checkpoint_policy", "selection_start_epoch"}
+                 "image_loss", "pixel_loss_weight", "checkpoint_policy", "selection_start_epoch", "episode_sampler"}
 TEST_TIME_KEYS = ("blur_sigma", "top_percent")  # change the scores, not the model
 
 
@@ -31,9 +31,10 @@ def train_nagl(model: NAGL, bank: EpisodeBank, config: TrainConfig, folder: Path
                device: torch.device = torch.device("cpu"), select=None, log=lambda message: None) -> dict:
     """Episodic training in the harness's resumable loop; returns {'epoch', 'state_dict', 'history'}:
     the last epoch, or under `official-target-selected` the best selected one (the last when none was)."""
-    categories = bank.usable_categories(config.k_normal)
+    categories = bank.usable_categories(config.k_normal, config.episode_sampler)
     if not categories:
-        raise ValueError(f"no source category has {config.k_normal + 1} normal images and a defect with a mask")
+        needed = config.k_normal + (config.episode_sampler != "official")
+        raise ValueError(f"no source category has {needed} normal images and a defect with a mask")
     torch.manual_seed(config.seed)
     model.to(device)
     optimizer, scheduler = make_optimizer(model, config)
@@ -156,7 +157,7 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
         select = None
         if config.checkpoint_policy == "official-target-selected":
             select = target_selector(self.episode_bank(target), setting.k_normal, config.seed,
-                                     self.config["selection_episodes"], self.context.device)
+                                     self.config["selection_episodes"], self.context.device, config.episode_sampler)
         return train_nagl(model, bank, config, folder, digest, self.context.device, select)
 
     def load(self, state: dict) -> None:

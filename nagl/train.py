@@ -3,10 +3,14 @@
 The backbone is frozen and NAGL uses no augmentation, so every image's features are computed once
 up front (the caller passes them in) and an episode only runs the attention modules.
 
-Episode: a random category; k normal references from its normal images; a random defect type and
-one abnormal reference of that type (with defect pixels); a query that is normal or abnormal with
-p = 0.5 (an abnormal query shares the reference's type) and is never one of the references (the
-official sampler tries to enforce this but discards the retry's result).
+Episode: a random category; k normal references from its normal images; a random defect type
+(uniform over the types, not over images) and one abnormal reference of that type (with defect
+pixels); a query that is normal or abnormal with p = 0.5 (an abnormal query shares the
+reference's type). `episode_sampler`: 'clean' (the default) never makes the query one of the
+references: it needs k + 1 normal images, and a type with one image gives a normal query;
+'official' draws as the code's FSDataset.load_frame (JasonKyng/NAGL utils/dataset.py), whose check
+against the references discards its retry's result, so the query may be one of them
+(tests/conformance/test_nagl_episodes.py compares the two with episodes the code drew).
 Schedule (the paper): 500 episodes per epoch, batch 8, 20 epochs, AdamW lr 1e-5 (0.9, 0.999),
 lr x 0.1 at epochs 10 and 15, seed 111. Loss = image loss + pixel loss; pixel: sigmoid focal
 (alpha 0.25, gamma 2) + Dice on [s_n, s_a] upsampled to the input against [1 - mask, mask];
@@ -28,6 +32,7 @@ from nagl.model import NAGL
 from benchmark.features.similarity import top_percent_mean
 
 IMAGE_LOSSES = ("code", "paper")
+EPISODE_SAMPLERS = ("clean", "official")
 CHECKPOINT_POLICIES = ("last", "official-target-selected")
 
 
@@ -45,10 +50,13 @@ class TrainConfig:
     pixel_loss_weight: float = 1.0
     checkpoint_policy: str = "last"
     selection_start_epoch: int = 5
+    episode_sampler: str = "clean"
 
     def __post_init__(self):
         if self.image_loss not in IMAGE_LOSSES:
             raise ValueError(f"image_loss must be one of {IMAGE_LOSSES}, not {self.image_loss!r}")
+        if self.episode_sampler not in EPISODE_SAMPLERS:
+            raise ValueError(f"episode_sampler must be one of {EPISODE_SAMPLERS}, not {self.episode_sampler!r}")
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(f"checkpoint_policy must be one of {CHECKPOINT_POLICIES}, not {self.checkpoint_policy!r}")
         self.milestones = tuple(self.milestones)
@@ -79,9 +87,11 @@ class EpisodeBank:
             else:
                 group["defects"].setdefault(defect, []).append(index)
 
-    def usable_categories(self, k: int) -> list[str]:
-        """Categories with k + 1 normal images and a defect type with an abnormal reference."""
-        return sorted(c for c, g in self.groups.items() if len(g["normal"]) > k and self.reference_types(c))
+    def usable_categories(self, k: int, sampler: str = "clean") -> list[str]:
+        """Categories with a defect type with an abnormal reference and k + 1 normal images (k
+        under the official sampler, whose query may be a reference)."""
+        needed = k if sampler == "official" else k + 1
+        return sorted(c for c, g in self.groups.items() if len(g["normal"]) >= needed and self.reference_types(c))
 
     def reference_types(self, category: str) -> list[str]:
         defects = self.groups[category]["defects"]
@@ -96,7 +106,8 @@ class Episode:
     label: int
 
 
-def sample_episode(rng: np.random.Generator, bank: EpisodeBank, k: int, categories: list[str]) -> Episode:
+def sample_episode(rng: np.random.Generator, bank: EpisodeBank, k: int, categories: list[str],
+                   sampler: str = "clean") -> Episode:
     category = categories[rng.integers(len(categories))]
     group = bank.groups[category]
     normal_pool = group["normal"]
@@ -105,6 +116,11 @@ def sample_episode(rng: np.random.Generator, bank: EpisodeBank, k: int, categori
     defect = types[rng.integers(len(types))]
     candidates = [i for i in group["defects"][defect] if bank.patch_masks[i].any()]
     abnormal = candidates[rng.integers(len(candidates))]
+    if sampler == "official":  # any image of the pools, the references included
+        if rng.random() < 0.5:
+            pool = group["defects"][defect]
+            return Episode(pool[rng.integers(len(pool))], normal, abnormal, 1)
+        return Episode(normal_pool[rng.integers(len(normal_pool))], normal, abnormal, 0)
     abnormal_queries = [i for i in group["defects"][defect] if i != abnormal]
     wants_abnormal = rng.random() < 0.5
     if wants_abnormal and abnormal_queries:
@@ -170,7 +186,8 @@ def train_epoch(model: NAGL, bank: EpisodeBank, config: TrainConfig, optimizer, 
     model.train()
     losses = []
     for _ in range(0, config.episodes_per_epoch, config.batch_size):
-        episodes = [sample_episode(rng, bank, config.k_normal, categories) for _ in range(config.batch_size)]
+        episodes = [sample_episode(rng, bank, config.k_normal, categories, config.episode_sampler)
+                    for _ in range(config.batch_size)]
         output = run_episodes(model, bank, episodes, device)
         masks = bank.pixel_masks[torch.as_tensor([e.query for e in episodes])].float().to(device)
         labels = torch.as_tensor([e.label for e in episodes], device=device)
