@@ -155,3 +155,15 @@ def test_a_checkpoint_that_is_not_a_plain_tensor_file_is_refused_in_one_line(tmp
     assert message.startswith(f"{path}: not a plain tensor file") and message.endswith("delete it to train again")
     assert "\n" not in message and "weights_only=False" not in message
     assert not (tmp_path / "ran").exists()
+
+
+def test_without_hard_links_a_claim_is_created_exclusively_in_place(tmp_path, monkeypatch):
+    def no_links(*_):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    first, second = Claims(), Claims()
+    claim = tmp_path / "seed0.claim"
+    assert first.try_acquire(claim) and not second.try_acquire(claim)
+    assert json.loads(claim.read_text())["token"] == first.owner["token"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0.claim"]

@@ -108,8 +108,21 @@ class Claims:
             return True
         except FileExistsError:
             return False
+        except OSError:  # a file system without hard links: exclusive creation, written in place
+            return self._create_in_place(path)
         finally:
             os.unlink(temp)
+
+    def _create_in_place(self, path: Path) -> bool:
+        """O_CREAT | O_EXCL: as exclusive, but a reader may see the claim before its content (it then
+        counts as held, unreadable claims go stale by their age alone)."""
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "w") as out:
+            json.dump({**self.owner, "since": time.time()}, out)
+        return True
 
     def _stale(self, path: Path, holder: dict) -> bool:
         try:
@@ -128,7 +141,7 @@ class Claims:
             return self._create(path)
         moved = self.holder(aside)
         if moved != judged:  # a third run took it over between our look and our rename: give it back
-            with contextlib.suppress(FileExistsError):
+            with contextlib.suppress(OSError):  # taken meanwhile, or no hard links: at worst a cell runs twice
                 os.link(aside, path)
             aside.unlink(missing_ok=True)
             return False
