@@ -11,6 +11,7 @@ from benchmark.config import CONFIG_DIR, PROJECT_ROOT, check_keys, config_hash, 
 from benchmark.data import DatasetSpec
 from benchmark.errors import GadbenchError, closest
 from benchmark.data.references import PROTOCOLS, Setting, parse_setting
+from benchmark.run.sweeps import expand
 
 EXPERIMENT_KEYS = {"name", "description", "protocol", "protocol_options", "data_root", "datasets", "pairs",
                    "settings", "seeds", "methods", "tables", "categories"}
@@ -103,7 +104,8 @@ def _expand(value: str) -> str:
 
 def load_method(entry, where: str) -> MethodSpec:
     """A method is a name of configs/methods/<name>.yaml, an inline mapping, or {use: <name>,
-    label: ...} to show a named method under another label (its cells stay shared)."""
+    label: ...} to show a named method under another label (its cells stay shared). Either
+    mapping may add `sweep:` in an experiment file (load_methods)."""
     if isinstance(entry, dict) and "use" in entry:
         check_keys(f"{where}: method {entry['use']!r}", entry, {"use", "label"})
         method = load_method(entry["use"], where)
@@ -123,6 +125,14 @@ def load_method(entry, where: str) -> MethodSpec:
         raise GadbenchError(f"{where}: a method is a name or a mapping, not {entry!r}")
     check_keys(where, data, METHOD_KEYS, {"name", "adapter"})
     return MethodSpec(data["name"], data["adapter"], data.get("label", data["name"]), data.get("config") or {})
+
+
+def load_methods(entry, where: str) -> list[MethodSpec]:
+    """A method entry of an experiment file: one method, or the variants its `sweep:` asks for
+    (benchmark/run/sweeps.py)."""
+    if not (isinstance(entry, dict) and "sweep" in entry):
+        return [load_method(entry, where)]
+    return expand(load_method({k: v for k, v in entry.items() if k != "sweep"}, where), entry["sweep"], where)
 
 
 def adapter_method(spec: str) -> MethodSpec:
@@ -173,7 +183,7 @@ def load_experiment(path: str | Path, data_root: str | Path | None = None, adapt
     if adapter:
         method_specs = [adapter_method(adapter)]
     else:
-        method_specs = [load_method(m, where) for m in data.get("methods") or []]
+        method_specs = [method for entry in data.get("methods") or [] for method in load_methods(entry, where)]
         if methods:
             names = {m.name for m in method_specs}
             for wanted in methods:
