@@ -134,3 +134,11 @@ def test_anomalib_still_has_the_patchcore_values_the_table_cites():
     assert [int(re.sub(r"\D", "", layer)) for layer in defaults["layers"]] == documented("patchcore", "layers")
     assert defaults["num_neighbors"] == documented("patchcore", "reweight_neighbors")
     assert defaults["coreset_sampling_ratio"] == 0.1  # the table's "differs" note for coreset_ratio cites it
+
+
+def test_the_lite0_paper_config_trains_on_the_papers_schedule():
+    """configs/methods/nagl_lite0_paper.yaml: NAGL's schedule exactly, on the Lite0 stand-in, labelled."""
+    paper, lite0 = adapter("nagl"), adapter("nagl_lite0_paper")
+    assert lite0.train_config(1) == paper.train_config(1)
+    assert lite0.config["backbone"] == "lite0_imagenet" and "paper schedule" in load_method("nagl_lite0_paper", "test").label
+    assert adapter("nagl_lite0").train_config(1) != paper.train_config(1)  # the embedded default's is short
