@@ -100,14 +100,15 @@ def test_the_sweep_spares_the_temporary_files_of_a_live_run(tmp_path, tiny_exper
 
 # ----------------------------------------------------------------------------- two runs, one folder
 def test_two_concurrent_runs_compute_each_cell_once(tmp_path, synthetic_root):
-    experiment = write_experiment(tmp_path / "e.yaml", synthetic_root, settings=["N1", "N2"], seeds=[0, 1])
+    nn = {"name": "nn_tiny", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet", "input_size": 64}}
+    experiment = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=[nn], settings=["N1"], seeds=[0, 1])
     command = [sys.executable, "-m", "benchmark", "run", "-e", str(experiment), "--results", str(tmp_path / "r"),
                "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    counts, cells = [], 8  # 2 pairs x (N1, N2) x 2 seeds: Normal-NN takes no abnormal reference
+    counts, cells = [], 4  # 2 targets x N1 x 2 seeds
     for out, _ in outputs:
         found = re.search(r"(\d+) cells: (\d+) already done, (\d+) run, 0 skipped, 0 failed(?:, (\d+) left to another run)?", out)
         total, already, ran, elsewhere = (int(g or 0) for g in found.groups())
