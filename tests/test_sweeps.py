@@ -1,5 +1,7 @@
 """Method variants swept in an experiment file (benchmark/run/sweeps.py)."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -54,5 +56,5 @@ def test_a_wrong_sweep_is_one_line_naming_the_file_and_key(tmp_path, synthetic_r
 
 
 def test_the_probe_experiment_sweeps_the_proxies():
-    data = yaml.safe_load(open("configs/experiments/nagl_probes_mini.yaml"))
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "experiments" / "nagl_probes_mini.yaml").read_text())
     assert {"use": "nagl_lite0_paper", "sweep": {"proxies": [8]}} in data["methods"]
