@@ -21,8 +21,9 @@ and strictly above it. So:
 Normal pixels = all pixels - defect pixels, at either resolution. A normal pixel in a bucket
 without a defect key lies on one side of every threshold, so its bucket (or its side of the span)
 places it exactly; in a shared bucket its slot does. Ties therefore count as scikit-learn counts
-them, and the curve is the one a global sort gives, value for value (tests/test_pixel_accumulator.py). Memory: a 64 K-bin
-histogram, the defect pixels, and 64 K table entries per shared bucket; above `max_table_buckets`
+them, and the curve is the one a global sort gives, value for value (tests/test_pixel_accumulator.py).
+Memory: the defect pixels, 64 K table entries per shared bucket and, unless the shared buckets
+form one span, a 64 K-bin histogram; above `max_table_buckets`
 (scores near zero spread over many exponents) each image's shared pixels are sorted and the
 distinct defect keys located among them instead: memory stays bounded, at about the speed of the
 table (evaluation_scale.py's hard case).
