@@ -21,7 +21,7 @@ import torch
 from baselines.patchcore_model import (approximate_greedy_indices, concat_embedding, coreset_size, flatten_patches,
                                        kcenter_greedy, mean_knn_score, nearest_distances, official_embedding,
                                        reweighted_image_scores)
-from benchmark.api import NORMAL, FeatureAdapter, GadbenchError, ImageBatch, Prediction, ReferenceSet
+from benchmark.api import ALL_NORMAL, NORMAL, FeatureAdapter, GadbenchError, ImageBatch, Prediction, ReferenceSet
 
 CHOICES = {"feature_aggregation": ("official", "concat"), "coreset_sampler": ("official-approximate", "anomalib"),
            "distance": ("squared_l2", "l2"), "image_score": ("max", "reweighted")}
@@ -29,7 +29,7 @@ CHOICES = {"feature_aggregation": ("official", "concat"), "coreset_sampler": ("o
 
 class PatchCoreAdapter(FeatureAdapter):
     name = "patchcore"
-    supports = (NORMAL,)
+    supports = (NORMAL, ALL_NORMAL)  # Nall: full-shot PatchCore, its own setting
     map_blur_at = "input"  # the code's RescaleSegmentor: upsample to the 224 crop, blur there
     size_key = "crop"
     default_config = {

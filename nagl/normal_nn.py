@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.api import NORMAL, FeatureAdapter, ImageBatch, Prediction, ReferenceSet
+from benchmark.api import ALL_NORMAL, NORMAL, FeatureAdapter, ImageBatch, Prediction, ReferenceSet
 from benchmark.features.similarity import flatten_patches, normal_similarity, top_percent_mean
 
 
 class NormalNNAdapter(FeatureAdapter):
     name = "normal_nn"
-    supports = (NORMAL,)  # with an abnormal reference it is ablation (i): nagl/ablation.py
+    supports = (NORMAL, ALL_NORMAL)  # with an abnormal reference it is ablation (i): nagl/ablation.py
     default_config = {"backbone": "dinov2_vits14", "input_size": 448, "top_percent": 1.0, "blur_sigma": 4.0,
                       "allow_random_weights": False}
 

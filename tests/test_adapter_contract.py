@@ -25,7 +25,7 @@ from benchmark import registry
 from benchmark.api import NORMAL_ABNORMAL
 from benchmark.data.batches import load_batch, load_references, training_data
 from benchmark.data.mvtec import read_mvtec
-from benchmark.data.references import parse_setting
+from benchmark.data.settings import parse_setting
 from benchmark.features.weights import WeightStore
 from benchmark.run.engine import predict_at_original
 from benchmark.run.experiment import MethodSpec

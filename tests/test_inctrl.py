@@ -10,7 +10,7 @@ from baselines.inctrl import InCTRLAdapter, prompt_ensemble
 from baselines.inctrl_model import patch_residual_map
 from benchmark.api import ImageBatch, ReferenceSet
 from benchmark.data.mvtec import read_mvtec
-from benchmark.data.references import parse_setting
+from benchmark.data.settings import parse_setting
 from benchmark.features.service import FeatureService
 from benchmark.features.weights import WeightStore
 from stored_features import scored

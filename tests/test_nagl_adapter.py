@@ -87,7 +87,7 @@ def test_training_does_not_depend_on_what_ran_before_in_the_process(tmp_path, sy
 
     from benchmark.data.mvtec import read_mvtec
     from benchmark.features.service import FeatureService
-    from benchmark.data.references import parse_setting
+    from benchmark.data.settings import parse_setting
     from benchmark.features.weights import WeightStore
     from nagl.adapter import NAGLAdapter
 

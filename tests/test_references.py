@@ -5,7 +5,8 @@ import pytest
 
 from benchmark.data.mvtec import read_mvtec
 from benchmark.errors import GadbenchError
-from benchmark.data.references import ensure_manifest, parse_setting, plan_category, read_manifest
+from benchmark.data.references import ensure_manifest, plan_category, read_manifest
+from benchmark.data.settings import parse_setting
 
 
 @pytest.fixture
@@ -15,16 +16,24 @@ def data(tmp_path, synthetic_root):
     return root, read_mvtec(root)
 
 
-def _manifest(data, tmp_path, setting, seed, protocol="clean", category="washer"):
+def _manifest(data, tmp_path, setting, seed, protocol="clean", category="washer", block=1):
     root, table = data
-    return ensure_manifest(tmp_path / "refs", "objects", root, table, category, parse_setting(setting), seed, protocol, 4)
+    return ensure_manifest(tmp_path / "refs", "objects", root, table, category, parse_setting(setting), seed, protocol, 4,
+                           abnormal_block=block)
 
 
 def test_parse_setting():
     assert parse_setting("N^4+A^1").label == "N4+A1"
     assert parse_setting("N2").k_abnormal == 0
-    with pytest.raises(GadbenchError, match="not understood"):
-        parse_setting("A1")
+    assert parse_setting("N1+A0") == parse_setting("N1")
+    assert (parse_setting("N0+A2").k_normal, parse_setting("N0+A2").k_abnormal) == (0, 2)
+    assert parse_setting("N0+A2").latex == "$N^{0}$+$A^{2}$"
+    assert parse_setting("Nall").k_normal == -1 and parse_setting("Nall+A1").label == "Nall+A1"
+    assert parse_setting("N4+A2").official_arguments == "--n_shots 4 --a_shots 2"
+    assert parse_setting("Nall").official_arguments == "--n_shots -1 --a_shots 0"
+    for text, fragment in (("A1", "not understood"), ("N0", "no reference at all"), ("N-1", "not understood")):
+        with pytest.raises(GadbenchError, match=fragment):
+            parse_setting(text)
 
 
 def test_clean_normals_are_nested_across_k_and_disjoint_across_seeds(data, tmp_path):
@@ -55,13 +64,13 @@ def test_clean_abnormal_reference_is_removed_from_the_queries_of_every_setting(d
     for setting in ("N1", "N1+A1", "N4+A1"):
         path, manifest = _manifest(data, tmp_path, setting, 0)
         plans[setting] = plan_category(path, manifest, table, "washer", "clean")
-    abnormal = plans["N1+A1"].groups[0].abnormal
+    [abnormal] = plans["N1+A1"].groups[0].abnormal
     assert abnormal["label"] == 1 and abnormal["mask"]
     for plan in plans.values():
         queries = plan.groups[0].queries
         assert abnormal["path"] not in set(queries.path)
         assert plan.removed_from_queries == 1 and len(queries) == len(tests) - 1
-    assert plans["N4+A1"].groups[0].abnormal["path"] == abnormal["path"]  # one per (category, seed)
+    assert plans["N4+A1"].groups[0].abnormal[0]["path"] == abnormal["path"]  # one per (category, seed)
     assert list(plans["N1"].groups[0].queries.path) == list(plans["N1+A1"].groups[0].queries.path)
 
 
@@ -73,7 +82,7 @@ def test_official_protocol_groups_queries_by_a_type_matched_reference_kept_in_th
     assert plan.removed_from_queries == 0
     assert sum(len(g.queries) for g in plan.groups) == len(tests)
     for group in plan.groups:
-        ref = group.abnormal
+        [ref] = group.abnormal
         same_type = sorted(tests[tests.defect == ref["defect"]].path)
         assert ref["path"] == same_type[1]  # the seed-th sorted file of its type
         assert ref["path"] in set(group.queries.path)  # stays in the test set and is scored
@@ -121,7 +130,7 @@ def test_a_reference_missing_from_the_current_table_is_a_clear_error(data, tmp_p
 
 
 def test_official_protocol_needs_a_seed_th_file_of_every_defect_type(data, tmp_path):
-    with pytest.raises(GadbenchError, match="has 2 test images; the official protocol's abnormal reference for seed 2 needs 3"):
+    with pytest.raises(GadbenchError, match="has 2 test images; the official protocol's 1 abnormal reference\\(s\\) for seed 2 need 3"):
         _manifest(data, tmp_path, "N1+A1", 2, protocol="official")
 
 
@@ -133,3 +142,79 @@ def test_an_official_manifest_with_per_query_type_draws_is_refused(data, tmp_pat
     manifest.loc[assignment, "defect"] = [types[i % len(types)] for i in range(assignment.sum())]
     with pytest.raises(GadbenchError, match="assigned several defect types"):
         plan_category(path, manifest, table, "washer", "official")
+
+
+def _paths(manifest, role):
+    return list(manifest[manifest.role == role].path)
+
+
+def test_clean_abnormal_references_nest_across_j_within_a_seed(data, tmp_path):
+    """A^1 c A^2 c A^4 within a seed, each with defect pixels, drawn without replacement; the
+    first stays the reference the default block (1) draws, so no existing manifest moves."""
+    root, table = data
+    drawn = {j: _paths(_manifest(data, tmp_path, f"N1+A{j}", 0, block=4)[1], "abnormal") for j in (1, 2, 4)}
+    assert len(set(drawn[4])) == 4
+    assert drawn[1] == drawn[2][:1] and drawn[2] == drawn[4][:2]
+    _, alone = _manifest(data, tmp_path, "N1+A1", 0)  # block 1: today's rule and file
+    assert _paths(alone, "abnormal") == drawn[1]
+    masks = table.set_index("path")["mask"]
+    from benchmark.data.images import image_size, load_mask
+    assert all(load_mask(masks[p], image_size(p), 127).any() for p in drawn[4])
+    other_seed = _paths(_manifest(data, tmp_path, "N1+A4", 1, block=4)[1], "abnormal")
+    assert other_seed != drawn[4]
+
+
+def test_every_clean_setting_of_a_seed_scores_one_query_set(data, tmp_path):
+    """The whole block leaves the queries of N<k>, N<k>+A<j> and N0+A<j> alike."""
+    _, table = data
+    queries = {}
+    for setting in ("N1", "N2+A1", "N1+A2", "N4+A4", "N0+A2", "Nall"):
+        path, manifest = _manifest(data, tmp_path, setting, 0, block=4)
+        plan = plan_category(path, manifest, table, "washer", "clean")
+        queries[setting] = sorted(plan.groups[0].queries.path)
+        assert plan.removed_from_queries == 4
+        assert len(plan.groups[0].abnormal) == parse_setting(setting).k_abnormal
+    assert len({tuple(q) for q in queries.values()}) == 1
+    _, block = _manifest(data, tmp_path, "N1", 0, block=4)
+    assert not set(_paths(block, "excluded")) & set(queries["N1"])
+
+
+def test_n0_has_no_normal_reference_and_nall_has_every_train_good_image(data, tmp_path):
+    _, table = data
+    good = sorted(table[(table.category == "washer") & (table.split == "train")].path)
+    _, n0 = _manifest(data, tmp_path, "N0+A1", 0)
+    assert _paths(n0, "normal") == [] and len(_paths(n0, "abnormal")) == 1
+    _, everything = _manifest(data, tmp_path, "Nall", 1, protocol="official")
+    assert sorted(_paths(everything, "normal")) == good
+
+
+def test_a_larger_j_than_the_block_or_the_category_has_is_a_clear_error(data, tmp_path):
+    with pytest.raises(GadbenchError, match="abnormal_block is 1; raise abnormal_block to at least 2"):
+        _manifest(data, tmp_path, "N1+A2", 0)
+    _, table = data
+    masked = table[(table.category == "washer") & (table.label == 1) & table["mask"].notna()]
+    with pytest.raises(GadbenchError, match=f"has {len(masked)} defective test images with a non-empty mask; setting"
+                                            f" N1\\+A{len(masked) + 1} needs {len(masked) + 1}"):
+        _manifest(data, tmp_path, f"N1+A{len(masked) + 1}", 0, block=len(masked) + 1)
+
+
+def test_official_abnormal_references_are_the_seed_th_slice_of_j_sorted_files_per_type(data, tmp_path):
+    _, table = data
+    tests = table[(table.category == "washer") & (table.split == "test")]
+    counts = tests[tests.label == 1].defect.value_counts()
+    j = int(counts.min())  # every type has j files: seed 0 takes all j of the smallest
+    path, manifest = _manifest(data, tmp_path, f"N1+A{j}", 0, protocol="official")
+    plan = plan_category(path, manifest, table, "washer", "official")
+    assert [g.abnormal[0]["defect"] for g in plan.groups] == sorted(counts.index)
+    for group in plan.groups:
+        defect = group.abnormal[0]["defect"]
+        same_type = sorted(tests[tests.defect == defect].path)
+        assert [r["path"] for r in group.abnormal] == same_type[:j]  # [seed*j, (seed+1)*j)
+        assert set(group.queries[group.queries.label == 1].defect) == {defect}
+    path, manifest = _manifest(data, tmp_path, "N1+A1", 1, protocol="official")
+    for group in plan_category(path, manifest, table, "washer", "official").groups:
+        assert [r["path"] for r in group.abnormal] == sorted(tests[tests.defect == group.abnormal[0]["defect"]].path)[1:2]
+    short = sorted(t for t, c in counts.items() if c < 2 * j)[0]
+    with pytest.raises(GadbenchError, match=f"defect type '{short}' has {counts[short]} test images; the official protocol's"
+                                            f" {j} abnormal reference\\(s\\) for seed 1 need {2 * j}"):
+        _manifest(data, tmp_path, f"N1+A{j}", 1, protocol="official")

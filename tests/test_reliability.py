@@ -107,7 +107,7 @@ def test_a_manifest_pointing_outside_the_data_root(tmp_path, data, capsys):
 
 
 @pytest.mark.parametrize("setting, fragment", [("A2", "not understood"),
-                                               ("N1+A3", "more than one abnormal reference")])
+                                               ("N1+A3", "needs protocol_options.abnormal_block >= 3")])
 def test_unknown_or_malformed_setting(tmp_path, data, capsys, setting, fragment):
     status, err = run(tmp_path, data, capsys, settings=[setting])
     assert_one_line_before_any_cell(status, err, tmp_path, fragment)

@@ -9,7 +9,7 @@ from baselines.resad_model import constraint_loss, position_encoding, squared_re
 from benchmark.api import ImageBatch, ReferenceSet
 from benchmark.data.mvtec import read_mvtec
 from benchmark.features.service import FeatureService
-from benchmark.data.references import parse_setting
+from benchmark.data.settings import parse_setting
 from benchmark.features.weights import WeightStore
 from stored_features import scored
 from tests.contexts import run_context

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from benchmark.api.preprocessing import Preprocessing
-from benchmark.api.records import NORMAL, ImageBatch, Prediction, ReferenceSet, RunContext
+from benchmark.api.records import ABNORMAL_ONLY, ALL_NORMAL, NORMAL, NORMAL_ABNORMAL, ImageBatch, Prediction, ReferenceSet, RunContext
 from benchmark.errors import GadbenchError, closest
 
 # keys every adapter accepts besides its default_config's
@@ -62,6 +62,21 @@ class Adapter:
         for key in training:
             if key not in cls.training_keys:
                 raise GadbenchError(f"{prefix}: unknown training key {key!r}{closest(key, cls.training_keys)}")
+
+    @classmethod
+    def setting_support(cls, setting) -> str | None:
+        """None when this method can run the setting (k_normal: -1 for Nall, 0 for N0; k_abnormal),
+        else why not, in a few words: the cell is then 'n/a' with that reason in every table and
+        the report. The default reads `supports`; override it for finer rules."""
+        if setting.k_abnormal and NORMAL_ABNORMAL not in cls.supports:
+            return f"{cls.name} uses normal references only"
+        if not setting.k_abnormal and NORMAL not in cls.supports:
+            return f"{cls.name} needs an abnormal reference"
+        if setting.k_normal == 0 and ABNORMAL_ONLY not in cls.supports:
+            return f"{cls.name} needs normal references (N0 is not one of its settings)"
+        if setting.k_normal < 0 and ALL_NORMAL not in cls.supports:
+            return f"{cls.name} does not run with every train/good image as references (Nall)"
+        return None
 
     # --- what the harness asks of every method -------------------------------------------
     def preprocessing(self) -> Preprocessing:

@@ -14,6 +14,9 @@ import torch
 # Reference settings an adapter can declare support for.
 NORMAL = "normal"  # N^k: k normal references
 NORMAL_ABNORMAL = "normal+abnormal"  # N^k+A^j: k normal plus j abnormal references with masks
+ABNORMAL_ONLY = "abnormal-only"  # N0+A^j: no normal reference set (an empty one); normal patches come
+#                                 from the abnormal references' own normal region (their mask 0)
+ALL_NORMAL = "all-normal"  # Nall: every train/good image of the category as normal references
 ZERO_SHOT = "zero-shot"
 
 

@@ -39,7 +39,8 @@ from benchmark.bench.measure import PeakRSS, _sync, timed_calls
 from benchmark.config import deep_merge
 from benchmark.data import read_dataset
 from benchmark.data.batches import load_batch, training_data
-from benchmark.data.references import Plan, QueryGroup, parse_setting
+from benchmark.data.references import Plan, QueryGroup
+from benchmark.data.settings import parse_setting
 from benchmark.errors import MissingWeights
 from benchmark.features.service import FeatureService
 from benchmark.features.weights import WeightStore
@@ -101,7 +102,7 @@ class MethodUnderTest:
         table = read_dataset(target)
         category = bench["category"] or sorted(table.category.unique())[0]
         rows = table[table.category == category]
-        group = QueryGroup(rows[rows.label == 1].iloc[0].to_dict() if setting.k_abnormal else None, rows.iloc[:0])
+        group = QueryGroup(rows[rows.label == 1].head(setting.k_abnormal).to_dict("records"), rows.iloc[:0])
         plan = Plan(None, rows[(rows.split == "train") & (rows.label == 0)].head(setting.k_normal), [group], 0)
         adapter.set_references(category, *references(adapter, plan, group, target.mask_threshold, setting.k_abnormal))
         self.queries = rows[rows.split == "test"].reset_index(drop=True)

@@ -16,7 +16,7 @@ def cmd_rehearse(args) -> int:
 
     from benchmark.outputs.efficiency_tables import write_efficiency_tables
     from benchmark.run.experiment import load_experiment
-    from benchmark.data.references import parse_setting
+    from benchmark.data.settings import parse_setting
     from benchmark.run.rehearsal import (default_experiments, prepare_standin_data, rehearsal_bench, rehearsal_experiment,
                                          standin_counts)
     from benchmark.outputs.report import write_report

@@ -1,74 +1,43 @@
 """Reference manifests: which images each (dataset, category, setting, seed) uses as references.
 
-One CSV per (protocol, dataset, category, k normal, k abnormal, seed) under results/references/,
+One CSV per (protocol, dataset, category, k normal, j abnormal, seed) under results/references/,
 columns: role, path, defect, mask, sha256 (paths relative to the dataset root). A manifest is made
-once and then only read: a file whose bytes changed is an error, never a silent re-draw.
-
-Protocols (docs/protocol.md):
-  clean     normal refs nested across k within a seed: sorted train/good[seed*B : seed*B + k] with
-            B = nested_block (4, the largest k); one abnormal reference per (category, seed),
-            drawn with a seeded RNG among test defects with a non-empty mask, removed from the
-            queries of every setting of that seed (role 'excluded' when the setting has no A^j),
-            so N^k and N^k+A^1 score the same query set.
-  official  the NAGL code: normal refs sorted train/good[seed*k : (seed+1)*k]; for each query of
-            defect type T the abnormal reference is the seed-th sorted file of test/T (an error
-            when a type has fewer files); all normal queries share the reference of one type drawn
-            once per (category, setting, seed), as the code draws it once per call (it leaves the
-            draw unseeded; here it is seeded and recorded as 'assignment' rows); references stay
-            in the test set and are scored.
+once and then only read: a file whose bytes changed is an error, never a silent re-draw. The rules
+that choose the images are benchmark/data/reference_rules.py's; roles:
+  normal      a normal reference (none under N0)
+  abnormal    an abnormal reference (with its mask)
+  excluded    clean protocol: drawn into the seed's abnormal block but not a reference of this
+              setting; it leaves the queries all the same, so every setting of a seed scores the
+              same query set
+  assignment  official protocol: the defect type whose references a normal query is scored with
+              (the code draws one type per call; here it is seeded and recorded)
+Under the official protocol the references stay in the test set and are scored, as in the code.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from benchmark.api.atomic import atomic_file
-from benchmark.errors import GadbenchError, closest
-from benchmark.data.images import file_sha256, image_size, load_mask
+from benchmark.errors import GadbenchError
+from benchmark.data.images import file_sha256
+from benchmark.data.reference_rules import (NORMAL_RULES, category_seed_rng, clean_abnormal_block, manifest_shortages,
+                                            normal_references, official_abnormal_slices)
+from benchmark.data.settings import Setting
 
 MANIFEST_COLUMNS = ["role", "path", "defect", "mask", "sha256"]
-PROTOCOLS = ("clean", "official")
-NORMAL_RULES = {"clean": "nested", "official": "official-slice"}
-
-
-@dataclass(frozen=True)
-class Setting:
-    k_normal: int
-    k_abnormal: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"N{self.k_normal}" + (f"+A{self.k_abnormal}" if self.k_abnormal else "")
-
-    @property
-    def latex(self) -> str:
-        return f"$N^{{{self.k_normal}}}$" + (f"$+A^{{{self.k_abnormal}}}$" if self.k_abnormal else "")
-
-
-def parse_setting(text: str) -> Setting:
-    match = re.fullmatch(r"\s*N\^?(\d+)\s*(?:\+\s*A\^?(\d+))?\s*", str(text))
-    if not match:
-        raise GadbenchError(f"setting {text!r} not understood; write N<k> or N<k>+A<j>, e.g. N1, N4+A1")
-    k_normal, k_abnormal = int(match[1]), int(match[2] or 0)
-    if k_normal < 1:
-        raise GadbenchError(f"setting {text!r}: needs at least one normal reference")
-    if k_abnormal > 1:
-        raise GadbenchError(f"setting {text!r}: more than one abnormal reference is not supported by the protocols yet")
-    return Setting(k_normal, k_abnormal)
 
 
 @dataclass
 class QueryGroup:
-    """Queries that share one abnormal reference (the clean protocol has exactly one group)."""
+    """Queries that share their abnormal references (the clean protocol has exactly one group;
+    the official one a group per defect type). `abnormal`: the references' sample rows, [] for none."""
 
-    abnormal: dict | None
+    abnormal: list[dict]
     queries: pd.DataFrame
 
 
@@ -82,12 +51,12 @@ class Plan:
     removed_from_queries: int
 
 
-def _category_seed_rng(category: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(category.encode())])
-
-
-def manifest_path(root: Path, protocol: str, dataset: str, category: str, setting: Setting, seed: int) -> Path:
-    return Path(root) / protocol / dataset / category / f"n{setting.k_normal}_a{setting.k_abnormal}_seed{seed}.csv"
+def manifest_path(root: Path, protocol: str, dataset: str, category: str, setting: Setting, seed: int,
+                  abnormal_block: int = 1) -> Path:
+    """A clean manifest drawn with another abnormal block excludes other queries: its own file."""
+    block = f"_block{abnormal_block}" if protocol == "clean" and abnormal_block != 1 else ""
+    name = f"n{setting.normal_text}_a{setting.k_abnormal}_seed{seed}{block}.csv"
+    return Path(root) / protocol / dataset / category / name
 
 
 def _relative(path: str, data_root: Path) -> str:
@@ -100,85 +69,6 @@ def _resolve_inside(data_root: Path, relative: str, manifest: Path) -> str:
     return str((data_root / relative).resolve())
 
 
-def normal_slice(k: int, seed: int, rule: str, nested_block: int) -> tuple[int, int]:
-    """[start, end) of the sorted train/good images that are a seed's k normal references."""
-    start = seed * nested_block if rule == "nested" else seed * k
-    return start, start + k
-
-
-def normal_references(table: pd.DataFrame, category: str, k: int, seed: int, rule: str, nested_block: int) -> pd.DataFrame:
-    good = table[(table.category == category) & (table.split == "train") & (table.label == 0)]
-    good = good.sort_values("path", key=lambda p: p.map(lambda s: Path(s).name), kind="stable")
-    problems = normal_shortage(len(good), category, k, seed, rule, nested_block)
-    if problems:
-        raise GadbenchError(problems[0])
-    start, end = normal_slice(k, seed, rule, nested_block)
-    return good.iloc[start:end]
-
-
-def normal_shortage(available: int, category: str, k: int, seed: int, rule: str, nested_block: int) -> list[str]:
-    """What a seed's normal references lack ([] when nothing), each with the option that fixes it."""
-    if rule == "nested" and k > nested_block:
-        return [f"k={k} exceeds nested_block={nested_block}; raise protocol_options.nested_block"]
-    _, needed = normal_slice(k, seed, rule, nested_block)
-    if needed > available:
-        return [f"category {category!r} has {available} train/good images; k={k} at seed {seed} ({rule}) needs {needed}:"
-                " use fewer seeds or a smaller k"]
-    return []
-
-
-def abnormal_shortage(table: pd.DataFrame, category: str, setting: Setting, seed: int, protocol: str,
-                      mask_threshold: int, drawn: pd.Series | None = None) -> list[str]:
-    """What a setting's abnormal references lack at this seed ([] when nothing); `drawn`: the clean
-    protocol's reference when the caller has drawn it already (it reads masks to draw it)."""
-    if not setting.k_abnormal:
-        return []
-    defects = table[(table.category == category) & (table.split == "test") & (table.label == 1)]
-    if protocol == "clean":
-        if (drawn if drawn is not None else clean_abnormal_reference(table, category, seed, mask_threshold)) is None:
-            return [f"category {category!r} has no defective test image with a non-empty mask;"
-                    f" setting {setting.label} needs one (use N<k> settings for this data set)"]
-        return []
-    if defects.empty:
-        return [f"category {category!r} has no defective test images; setting {setting.label} needs one"]
-    return [f"category {category!r}, defect type {defect_type!r} has {count} test images; the official"
-            f" protocol's abnormal reference for seed {seed} needs {seed + 1} (use fewer seeds)"
-            for defect_type, count in sorted(defects.defect.value_counts().items()) if seed >= count]
-
-
-def manifest_shortages(table: pd.DataFrame, category: str, setting: Setting, seed: int, protocol: str,
-                       nested_block: int, mask_threshold: int, drawn: pd.Series | None = None) -> list[str]:
-    """Everything one (category, setting, seed) lacks for its manifest, one line each, without
-    drawing or writing anything: the planning pass reports them all before a run starts."""
-    if protocol not in PROTOCOLS:
-        return [f"unknown protocol {protocol!r}{closest(protocol, PROTOCOLS)}"]
-    good = int(((table.category == category) & (table.split == "train") & (table.label == 0)).sum())
-    return (normal_shortage(good, category, setting.k_normal, seed, NORMAL_RULES[protocol], nested_block)
-            + abnormal_shortage(table, category, setting, seed, protocol, mask_threshold, drawn))
-
-
-def _has_defect_pixels(row, mask_threshold: int) -> bool:
-    return bool(load_mask(row["mask"], image_size(row["path"]), mask_threshold).any())
-
-
-def clean_abnormal_reference(table: pd.DataFrame, category: str, seed: int, mask_threshold: int) -> pd.Series | None:
-    """One seeded draw per (category, seed): a defect type uniformly, then a file of that type.
-    None when the category has no defect with defect pixels (no defects, or no masks: ELPV)."""
-    defects = table[(table.category == category) & (table.split == "test") & (table.label == 1)]
-    defects = defects[defects["mask"].notna()]
-    if defects.empty:
-        return None
-    rng = _category_seed_rng(category, seed)
-    types = sorted(defects.defect.unique())
-    for _ in range(len(defects)):
-        chosen_type = types[rng.integers(len(types))]
-        candidates = defects[defects.defect == chosen_type].sort_values("path")
-        row = candidates.iloc[rng.integers(len(candidates))]
-        if _has_defect_pixels(row, mask_threshold):  # an empty mask teaches nothing (Magnetic Tile has four)
-            return row
-    return None
-
-
 def _rows(frame: pd.DataFrame | list, role: str, data_root: Path) -> list[dict]:
     records = frame.to_dict("records") if isinstance(frame, pd.DataFrame) else frame
     return [
@@ -189,24 +79,26 @@ def _rows(frame: pd.DataFrame | list, role: str, data_root: Path) -> list[dict]:
 
 
 def make_manifest(table: pd.DataFrame, data_root: Path, category: str, setting: Setting, seed: int,
-                  protocol: str, nested_block: int, mask_threshold: int) -> pd.DataFrame:
-    abnormal = clean_abnormal_reference(table, category, seed, mask_threshold) if protocol == "clean" else None
-    problems = manifest_shortages(table, category, setting, seed, protocol, nested_block, mask_threshold, abnormal)
+                  protocol: str, nested_block: int, mask_threshold: int, abnormal_block: int = 1) -> pd.DataFrame:
+    block = clean_abnormal_block(table, category, seed, mask_threshold, abnormal_block) if protocol == "clean" else None
+    problems = manifest_shortages(table, category, setting, seed, protocol, nested_block, mask_threshold, block, abnormal_block)
     if problems:
         raise GadbenchError(problems[0])
-    normal = normal_references(table, category, setting.k_normal, seed, NORMAL_RULES[protocol], nested_block)
-    rows = _rows(normal, "normal", data_root)
+    rows = []
+    if setting.k_normal:  # N0: no normal reference
+        rows += _rows(normal_references(table, category, setting.k_normal, seed, NORMAL_RULES[protocol], nested_block),
+                      "normal", data_root)
+    j = setting.k_abnormal
     if protocol == "clean":
-        if abnormal is not None:
-            rows += _rows([abnormal.to_dict()], "abnormal" if setting.k_abnormal else "excluded", data_root)
-    elif setting.k_abnormal:
-        defects = table[(table.category == category) & (table.split == "test") & (table.label == 1)]
-        for defect_type in sorted(defects.defect.unique()):
-            files = defects[defects.defect == defect_type].sort_values("path")
-            rows += _rows([files.iloc[seed].to_dict()], "abnormal", data_root)
+        rows += _rows([r.to_dict() for r in block[:j]], "abnormal", data_root)
+        rows += _rows([r.to_dict() for r in block[j:]], "excluded", data_root)
+    elif j:
+        slices = official_abnormal_slices(table, category, j, seed)
+        for files in slices.values():
+            rows += _rows(files, "abnormal", data_root)
         normal_queries = table[(table.category == category) & (table.split == "test") & (table.label == 0)].sort_values("path")
-        types = sorted(defects.defect.unique())
-        drawn = types[_category_seed_rng(category, seed).integers(len(types))]  # once: every normal query shares it
+        types = sorted(slices)
+        drawn = types[category_seed_rng(category, seed).integers(len(types))]  # once: every normal query shares it
         for record in normal_queries.to_dict("records"):
             rows.append({"role": "assignment", "path": _relative(record["path"], data_root),
                          "defect": drawn, "mask": "", "sha256": file_sha256(record["path"])})
@@ -240,10 +132,12 @@ def read_manifest(path: Path, data_root: Path) -> pd.DataFrame:
 
 
 def ensure_manifest(references_root: Path, dataset: str, data_root: Path, table: pd.DataFrame, category: str,
-                    setting: Setting, seed: int, protocol: str, nested_block: int = 4, mask_threshold: int = 127) -> tuple[Path, pd.DataFrame]:
-    path = manifest_path(references_root, protocol, dataset, category, setting, seed)
+                    setting: Setting, seed: int, protocol: str, nested_block: int = 4, mask_threshold: int = 127,
+                    abnormal_block: int = 1) -> tuple[Path, pd.DataFrame]:
+    path = manifest_path(references_root, protocol, dataset, category, setting, seed, abnormal_block)
     if not path.is_file():
-        write_atomic_csv(make_manifest(table, data_root, category, setting, seed, protocol, nested_block, mask_threshold), path)
+        write_atomic_csv(make_manifest(table, data_root, category, setting, seed, protocol, nested_block, mask_threshold,
+                                       abnormal_block), path)
     return path, read_manifest(path, data_root)
 
 
@@ -268,10 +162,9 @@ def plan_category(manifest_path_: Path, manifest: pd.DataFrame, table: pd.DataFr
         removed_paths = set(abnormal.path) | set(rows("excluded").path) | set(normal.path)
         queries = tests[~tests.path.isin(removed_paths)]
         removed = len(tests) - len(queries)
-        reference = abnormal.iloc[0].to_dict() if len(abnormal) else None
-        return Plan(manifest_path_, normal, [QueryGroup(reference, queries)], removed)
+        return Plan(manifest_path_, normal, [QueryGroup(abnormal.to_dict("records"), queries)], removed)
     if abnormal.empty:
-        return Plan(manifest_path_, normal, [QueryGroup(None, tests)], 0)
+        return Plan(manifest_path_, normal, [QueryGroup([], tests)], 0)
     assignments = manifest[manifest.role == "assignment"]
     if assignments.defect.nunique() > 1:
         raise GadbenchError(f"{manifest_path_}: normal queries are assigned several defect types (a manifest drawn per query"
@@ -281,7 +174,8 @@ def plan_category(manifest_path_: Path, manifest: pd.DataFrame, table: pd.DataFr
     if assigned.isna().any():
         missing = tests.path[assigned.isna()].iloc[0]
         raise GadbenchError(f"{manifest_path_}: normal query {missing} has no assignment row; delete the manifest and run `gadbench refs make`")
-    groups = [QueryGroup(ref.to_dict(), tests[assigned == ref.defect]) for _, ref in abnormal.iterrows()]
+    groups = [QueryGroup(refs.to_dict("records"), tests[assigned == defect_type])
+              for defect_type, refs in abnormal.groupby("defect", sort=True)]
     return Plan(manifest_path_, normal, [g for g in groups if len(g.queries)], 0)
 
 

@@ -50,13 +50,14 @@ class DataCatalogue:
         self.ensure_manifests({(c.target, c.setting, c.seed) for c in cells})
 
     def manifest_file(self, target: str, category: str, setting, seed: int) -> Path:
-        return manifest_path(self.results_root / "references", self.experiment.protocol, target, category, setting, seed)
+        return manifest_path(self.results_root / "references", self.experiment.protocol, target, category, setting, seed,
+                             self.experiment.protocol_options["abnormal_block"])
 
     def _manifest(self, target: str, category: str, setting, seed: int):
         experiment, spec = self.experiment, self.experiment.datasets[target]
         return ensure_manifest(self.results_root / "references", target, spec.files_root, self.table(target), category,
                                setting, seed, experiment.protocol, experiment.protocol_options["nested_block"],
-                               spec.mask_threshold)
+                               spec.mask_threshold, experiment.protocol_options["abnormal_block"])
 
     def ensure_manifests(self, needed) -> int:
         """Draw (once) and verify the manifest of every (target, setting, seed) x category."""

@@ -33,13 +33,14 @@ def predict_at_original(adapter: Adapter, batch: ImageBatch) -> tuple[np.ndarray
 
 def references(adapter: Adapter, plan: Plan, group: QueryGroup, mask_threshold: int, k_abnormal: int,
                normal: ReferenceSet | None = None) -> tuple[ReferenceSet, ReferenceSet | None]:
-    """The group's reference sets in the adapter's preprocessing (pass `normal` to reuse it)."""
+    """The group's reference sets in the adapter's preprocessing (pass `normal` to reuse it). Under
+    N0 the normal set is empty: the method takes normal patches from the abnormal references."""
     preprocessing = adapter.preprocessing()
     if normal is None:
         normal = load_references(plan.normal, preprocessing, mask_threshold, with_masks=False)
     abnormal = None
-    if k_abnormal and group.abnormal is not None:
-        abnormal = load_references(pd.DataFrame([group.abnormal]), preprocessing, mask_threshold, with_masks=True)
+    if k_abnormal and group.abnormal:
+        abnormal = load_references(pd.DataFrame(group.abnormal), preprocessing, mask_threshold, with_masks=True)
     return normal, abnormal
 
 

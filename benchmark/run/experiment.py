@@ -10,7 +10,8 @@ from benchmark import registry
 from benchmark.config import CONFIG_DIR, PROJECT_ROOT, check_keys, config_hash, load_yaml
 from benchmark.data import DatasetSpec
 from benchmark.errors import GadbenchError, closest
-from benchmark.data.references import PROTOCOLS, Setting, parse_setting
+from benchmark.data.reference_rules import PROTOCOLS
+from benchmark.data.settings import Setting, parse_setting
 from benchmark.run.sweeps import expand
 
 EXPERIMENT_KEYS = {"name", "description", "protocol", "protocol_options", "data_root", "datasets", "pairs",
@@ -18,7 +19,7 @@ EXPERIMENT_KEYS = {"name", "description", "protocol", "protocol_options", "data_
 DATASET_KEYS = {"layout", "root", "display", "mask_threshold", "options", "max_per_group", "test_images", "test_megapixels"}
 METHOD_KEYS = {"name", "adapter", "label", "config", "description"}
 TABLE_KEYS = {"targets", "mean"}
-PROTOCOL_OPTION_KEYS = {"nested_block"}
+PROTOCOL_OPTION_KEYS = {"nested_block", "abnormal_block"}
 
 
 @dataclass
@@ -79,23 +80,32 @@ class Experiment:
     # a rehearsal on stand-in data (benchmark/run/rehearsal.py): every row is marked, the gate refuses it
     rehearsal: bool = False
 
-    def cells(self) -> list[Cell]:
-        """Every cell of the grid, once: training-free methods share one cell across sources."""
+    @property
+    def keyed_protocol_options(self) -> dict:
+        """The protocol options as part of a cell's key: abnormal_block at its default (1) is left
+        out, so cells computed before the option existed keep their keys."""
+        return {k: v for k, v in self.protocol_options.items() if not (k == "abnormal_block" and v == 1)}
+
+    def grid(self) -> list[tuple[Cell, str | None]]:
+        """Every cell of the grid, once (training-free methods share one cell across sources),
+        with None, or why its method cannot run its setting (an 'n/a' cell: never run)."""
         cells, seen = [], set()
         for method in self.methods:
             adapter_class = method.adapter_class
             for source, target in self.pairs:
                 src = source if adapter_class.trains_on_source else "*"
                 for setting in self.settings:
-                    needs = "normal+abnormal" if setting.k_abnormal else "normal"
-                    if needs not in adapter_class.supports:
-                        continue
+                    why_not = adapter_class.setting_support(setting)
                     for seed in self.seeds:
                         cell = Cell(method, src, target, setting, seed)
                         if cell.id not in seen:
                             seen.add(cell.id)
-                            cells.append(cell)
+                            cells.append((cell, why_not))
         return cells
+
+    def cells(self) -> list[Cell]:
+        """The cells to run: the grid without its 'n/a' cells."""
+        return [cell for cell, why_not in self.grid() if why_not is None]
 
 
 def _expand(value: str) -> str:
@@ -155,6 +165,18 @@ def load_datasets(extra: dict | None, data_root: Path, where: str) -> dict[str, 
     return specs
 
 
+def check_abnormal_block(settings: list[Setting], protocol: str, options: dict, where: str) -> None:
+    """Clean protocol: A^j is the first j of a block of `abnormal_block` references per (category,
+    seed), so j may not exceed the block (benchmark/data/reference_rules.py)."""
+    block = options["abnormal_block"]
+    if not isinstance(block, int) or block < 1:
+        raise GadbenchError(f"{where}: protocol_options.abnormal_block must be a whole number >= 1, not {block!r}")
+    largest = max((s.k_abnormal for s in settings), default=0)
+    if protocol == "clean" and largest > block:
+        raise GadbenchError(f"{where}: setting with A{largest} needs protocol_options.abnormal_block >= {largest}"
+                            f" (it is {block}): set `protocol_options: {{abnormal_block: {largest}}}`")
+
+
 def load_experiment(path: str | Path, data_root: str | Path | None = None, adapter: str | None = None,
                     methods: list[str] | None = None) -> Experiment:
     path = Path(path)
@@ -176,9 +198,10 @@ def load_experiment(path: str | Path, data_root: str | Path | None = None, adapt
     protocol = data.get("protocol", "clean")
     if protocol not in PROTOCOLS:
         raise GadbenchError(f"{where}: unknown protocol {protocol!r}{closest(protocol, PROTOCOLS)}")
-    options = {"nested_block": 4, **(data.get("protocol_options") or {})}
+    options = {"nested_block": 4, "abnormal_block": 1, **(data.get("protocol_options") or {})}
     check_keys(f"{where}: protocol_options", options, PROTOCOL_OPTION_KEYS)
-    settings = [parse_setting(s) for s in data["settings"]]
+    settings = list(dict.fromkeys(parse_setting(s) for s in data["settings"]))
+    check_abnormal_block(settings, protocol, options, where)
     seeds = [int(s) for s in data["seeds"]]
     if adapter:
         method_specs = [adapter_method(adapter)]

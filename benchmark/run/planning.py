@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchmark.data import check_category
-from benchmark.data.references import manifest_shortages
+from benchmark.data.reference_rules import manifest_shortages
 from benchmark.errors import GadbenchError
 from benchmark.run.catalogue import DataCatalogue
 from benchmark.run.experiment import Cell
@@ -56,8 +56,9 @@ def shortages(catalogue: DataCatalogue, cells: list[Cell]) -> list[Shortage]:
                     continue
             if catalogue.manifest_file(target, category, setting, seed).is_file():
                 continue  # drawn before: the pre-flight verifies it against the files on disk
-            for problem in manifest_shortages(table, category, setting, seed, experiment.protocol,
-                                              experiment.protocol_options["nested_block"], spec.mask_threshold):
+            options = experiment.protocol_options
+            for problem in manifest_shortages(table, category, setting, seed, experiment.protocol, options["nested_block"],
+                                              spec.mask_threshold, abnormal_block=options["abnormal_block"]):
                 found.append(Shortage(target, category, setting.label, seed, problem))
     found += _training_shortages(cells, readable)
     return list(dict.fromkeys(found))
@@ -70,7 +71,7 @@ def _training_shortages(cells: list[Cell], tables: dict) -> list[Shortage]:
     for cell in cells:
         if cell.method is None or not cell.method.adapter_class.trains_on_source:  # `refs make` plans no method
             continue
-        key = (cell.method.name, cell.source, cell.target, cell.setting.k_normal)
+        key = (cell.method.name, cell.source, cell.target, cell.setting.k_normal, cell.setting.k_abnormal)
         if key in asked or cell.source not in tables or cell.target not in tables:
             continue
         asked.add(key)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmark.config import CONFIG_DIR, deep_merge, load_yaml
 from benchmark.data import standin
-from benchmark.data.references import NORMAL_RULES, normal_slice
+from benchmark.data.reference_rules import NORMAL_RULES, normal_slice
 from benchmark.errors import GadbenchError
 from benchmark.run.experiment import Experiment, MethodSpec, load_experiment, load_method
 
@@ -90,19 +90,23 @@ def standin_counts(experiments: list[Experiment]) -> dict:
     """Images per category and split that the stand-ins need so that every cell of these
     experiments can be planned: train/good for the last seed's normal references (its nested
     block, or its official slice), and per defect type one file past the official protocol's
-    seed-th per-type abnormal reference, so that a query of that type remains; and test/good for a
-    training episode of the largest k (a query and k normal references: NAGL trains on the source's
-    test split)."""
+    seed-th per-type slice of j abnormal references (or past the clean protocol's block of
+    abnormal references), so that a query of that type remains; and test/good for a training
+    episode of the largest k (a query and k normal references: NAGL trains on the source's test
+    split)."""
     counts = dict(standin.MIN_COUNTS)
     for experiment in experiments:
-        rule = NORMAL_RULES[experiment.protocol]
+        rule, block = NORMAL_RULES[experiment.protocol], experiment.protocol_options["abnormal_block"]
         for setting in experiment.settings:
-            counts["test_good"] = max(counts["test_good"], setting.k_normal + 1)
+            k = max(setting.k_normal, 0)  # Nall takes what there is; N0 none
+            counts["test_good"] = max(counts["test_good"], k + 1)
             for seed in experiment.seeds:
-                _, end = normal_slice(setting.k_normal, seed, rule, experiment.protocol_options["nested_block"])
+                _, end = normal_slice(k, seed, rule, experiment.protocol_options["nested_block"])
                 counts["train_good"] = max(counts["train_good"], end)
                 if experiment.protocol == "official" and setting.k_abnormal:
-                    counts["test_per_defect"] = max(counts["test_per_defect"], seed + 2)
+                    counts["test_per_defect"] = max(counts["test_per_defect"], (seed + 1) * setting.k_abnormal + 1)
+                elif setting.k_abnormal:  # the clean block is drawn across types: one type may give all of it
+                    counts["test_per_defect"] = max(counts["test_per_defect"], block + 1)
     return counts
 
 

@@ -65,7 +65,7 @@ class Runner:
             "method": cell.method.hash, "adapter_version": cell.method.adapter_class.version, "source": cell.source,
             "target": [spec.layout, str(spec.root), spec.options, spec.mask_threshold, spec.max_per_group],
             "categories": self.experiment.categories.get(cell.target), "protocol": self.experiment.protocol,
-            "protocol_options": self.experiment.protocol_options, "setting": cell.setting.label, "seed": cell.seed,
+            "protocol_options": self.experiment.keyed_protocol_options, "setting": cell.setting.label, "seed": cell.seed,
             **({"limit": self.experiment.limit} if self.experiment.limit else {}),
             **({"rehearsal": True} if self.experiment.rehearsal else {}),
         })

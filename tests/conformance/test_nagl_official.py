@@ -204,7 +204,8 @@ def test_the_dinov2_backbone_adds_the_hub_resized_embedding():
 
 def test_official_protocol_references_match_the_codes_choice(tmp_path):
     """The fixture's fake category, laid out on disk, through the harness's `official` protocol."""
-    from benchmark.data.references import make_manifest, parse_setting
+    from benchmark.data.references import make_manifest
+    from benchmark.data.settings import parse_setting
     from official_fixtures import fake_official_category
 
     table, root = fake_official_category(tmp_path)
