@@ -5,6 +5,8 @@
                          anomalous patches of (1 + cos) / 2
   normal+abnormal  (iii) (s_a' + 1 - s_n) / 2: both, without NAGL's learned modules
 Image score = mean of the top 1 % patches; map bilinear to the image, blur sigma 4 (as NAGL).
+With j abnormal references s_a' takes the anomalous patches of all of them; with none of the
+normal kind (N0) s_n takes the abnormal references' normal patches (mask 0), as NAGL's code does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from nagl.normal_nn import NormalNNAdapter
-from benchmark.api import NORMAL_ABNORMAL, GadbenchError, ImageBatch, Prediction, ReferenceSet
+from benchmark.api import ABNORMAL_ONLY, ALL_NORMAL, NORMAL_ABNORMAL, GadbenchError, ImageBatch, Prediction, ReferenceSet
 from benchmark.features.similarity import flatten_patches, normal_similarity, top_percent_mean
 from nagl.model import cosine_to_unit, downsample_mask
 
@@ -22,7 +24,7 @@ VARIANTS = ("normal", "abnormal", "normal+abnormal")
 
 class NNAblationAdapter(NormalNNAdapter):
     name = "nn_ablation"
-    supports = (NORMAL_ABNORMAL,)
+    supports = (NORMAL_ABNORMAL, ABNORMAL_ONLY, ALL_NORMAL)
     default_config = {**NormalNNAdapter.default_config, "variant": "normal+abnormal", "mask_downsample": "any-pixel"}
 
     def __init__(self, config, context):
@@ -31,15 +33,21 @@ class NNAblationAdapter(NormalNNAdapter):
             raise GadbenchError(f"nn_ablation: variant must be one of {VARIANTS}, not {self.config['variant']!r}")
 
     def set_references(self, category: str, normal: ReferenceSet, abnormal: ReferenceSet | None) -> None:
-        super().set_references(category, normal, abnormal)
         if abnormal is None:
-            raise GadbenchError("nn_ablation needs an abnormal reference (settings N<k>+A1)")
+            raise GadbenchError("nn_ablation needs abnormal references (settings N<k>+A<j>, N0+A<j>)")
         maps = self.context.features.extract(self.backbone, abnormal)
         patches = flatten_patches(maps).reshape(-1, maps.shape[1])
         anomalous = downsample_mask(abnormal.masks.to(maps.device), tuple(maps.shape[-2:]), self.config["mask_downsample"]).flatten() > 0
+        paths = ", ".join(sample.get("path", "?") for sample in abnormal.samples)
         if not anomalous.any():
-            raise GadbenchError(f"{abnormal.samples[0].get('path', '?')}: abnormal reference mask has no anomalous patch")
+            raise GadbenchError(f"{paths}: abnormal reference mask has no anomalous patch")
         self.abnormal_patches = patches[anomalous]
+        if len(normal):
+            super().set_references(category, normal, abnormal)
+        elif anomalous.all():
+            raise GadbenchError(f"{paths}: N0 takes the normal patches from the abnormal references, and they have none")
+        else:  # N0
+            self.normal_patches = patches[~anomalous][None]
 
     @torch.no_grad()
     def predict(self, batch: ImageBatch) -> Prediction:

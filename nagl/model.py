@@ -20,6 +20,13 @@ Options that reproduce details of the official code (docs/protocol.md):
   attention_mask_layout  'per-sample' (each episode's own mask) or 'official' (the code's
                    repeat(nheads, ...) layout, which hands head h of sample b the mask of sample
                    (b * heads + h) % B when B > 1: it mixes masks across a training batch)
+  reference_positions  with several abnormal references: 'per-reference' (each key token gets
+                   its own reference's grid position) or 'official' (the code lays the RM encoding
+                   out (h w n) while its keys are (n h w), so key t of the flattened references
+                   gets the position of patch t // A of reference t % A); equal for one reference
+With no normal reference (N0) the caller passes the abnormal references' normal patches (mask 0)
+as `normal` (the residuals' bank) and `abnormal_only`: s_n is then 1 - s_a, as in the code at
+n_shot = 0, so the score is s_a alone.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from benchmark.features.similarity import top_percent_mean
 MASK_DOWNSAMPLE = ("any-pixel", "official-conv")
 POSITION_MASK = ("official", "none")
 ATTENTION_MASK_LAYOUT = ("per-sample", "official")
+REFERENCE_POSITIONS = ("per-reference", "official")
 
 
 def sine_position_encoding(height: int, width: int, dim: int, padding: torch.Tensor | None = None,
@@ -147,17 +155,19 @@ class AttentionLayer(nn.Module):
 class NAGL(nn.Module):
     def __init__(self, dim: int = 384, heads: int = 4, proxies: int = 25, top_percent: float = 1.0,
                  mask_downsample: str = "any-pixel", position_mask: str = "official",
-                 attention_mask_layout: str = "per-sample"):
+                 attention_mask_layout: str = "per-sample", reference_positions: str = "per-reference"):
         super().__init__()
         for value, allowed, name in ((mask_downsample, MASK_DOWNSAMPLE, "mask_downsample"),
                                      (position_mask, POSITION_MASK, "position_mask"),
-                                     (attention_mask_layout, ATTENTION_MASK_LAYOUT, "attention_mask_layout")):
+                                     (attention_mask_layout, ATTENTION_MASK_LAYOUT, "attention_mask_layout"),
+                                     (reference_positions, REFERENCE_POSITIONS, "reference_positions")):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
         if dim % heads or dim % 4:
             raise ValueError(f"feature dim {dim} must be divisible by heads ({heads}) and by 4 (sine encoding)")
         self.dim, self.heads, self.top_percent = dim, heads, top_percent
         self.mask_downsample, self.position_mask, self.attention_mask_layout = mask_downsample, position_mask, attention_mask_layout
+        self.reference_positions = reference_positions
         self.proxies = nn.Embedding(proxies, dim)
         self.rm_cross, self.rm_self = AttentionLayer(dim, heads), AttentionLayer(dim, heads)
         self.afl_cross, self.afl_self = AttentionLayer(dim, heads), AttentionLayer(dim, heads)
@@ -185,7 +195,10 @@ class NAGL(nn.Module):
         if self.position_mask == "official":
             padding = abnormal_patch_mask.reshape(batch * refs, *grid).bool()
         position = sine_position_encoding(*grid, dim, padding).to(flat.device)
-        position = position.expand(batch * refs, -1, -1).reshape(batch, refs * patches, dim)
+        position = position.expand(batch * refs, -1, -1).reshape(batch, refs, patches, dim)
+        if self.reference_positions == "official":  # the code's (h w n) layout against (n h w) keys
+            position = position.transpose(1, 2)
+        position = position.reshape(batch, refs * patches, dim)
         proxies = self.proxies.weight[None].expand(batch, -1, -1)
         mask = self.attention_mask(abnormal_patch_mask.reshape(batch, refs * patches), proxies.shape[1])
         proxies = self.rm_cross(proxies, flat + position, residuals, attn_mask=mask)
@@ -200,14 +213,25 @@ class NAGL(nn.Module):
         return self.afl_self(proxies, proxies, proxies)
 
     # ------------------------------------------------------------------ whole model
+    def normal_from_abnormal(self, abnormal: torch.Tensor, abnormal_patch_mask: torch.Tensor) -> torch.Tensor:
+        """N0: the normal patches of one sample's abnormal references [A, N, C] (mask [A, N] = 0),
+        in the code's order (reference, then patch): [1, n, C]."""
+        normal = abnormal[abnormal_patch_mask == 0]
+        if not len(normal):
+            raise ValueError("the abnormal references have no normal patch: with no normal reference (N0) NAGL"
+                             " takes its normal patches from them")
+        return normal[None]
+
     def forward(self, query: torch.Tensor, normal: torch.Tensor, grid: tuple[int, int],
                 abnormal: torch.Tensor | None = None, abnormal_patch_mask: torch.Tensor | None = None,
-                residual_proxies: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                residual_proxies: torch.Tensor | None = None, abnormal_only: bool = False) -> dict[str, torch.Tensor]:
         """query [B, N, C]; normal [B, K, N, C] (all patches of every normal reference); abnormal
         [B, A, N, C] with abnormal_patch_mask [B, A, N], or precomputed residual_proxies [B, M, C].
+        abnormal_only (N0): `normal` holds the abnormal references' normal patches, which serve the
+        residuals only; s_n is 1 - s_a, so the score is s_a, as the code at n_shot 0.
         Returns s_n, s_a, score ([B, N]) and image_score ([B])."""
         normal = normal.reshape(normal.shape[0], -1, normal.shape[-1])
-        s_n = normal_similarity(query, normal)
+        s_n = None if abnormal_only else normal_similarity(query, normal)
         if residual_proxies is None and abnormal is not None:
             residual_proxies = self.mine_residual_proxies(abnormal, abnormal_patch_mask, normal, grid)
         if residual_proxies is None:
@@ -215,5 +239,7 @@ class NAGL(nn.Module):
         else:
             anomaly_proxies = self.learn_anomaly_proxies(query, normal, residual_proxies, grid)
             s_a = cosine_to_unit(query, anomaly_proxies).mean(dim=-1)
+        if abnormal_only:
+            s_n = 1 - s_a
         score = (s_a + 1 - s_n) / 2
         return {"s_n": s_n, "s_a": s_a, "score": score, "image_score": top_percent_mean(score, self.top_percent)}

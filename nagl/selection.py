@@ -29,18 +29,19 @@ def episode_maps(patch_scores: torch.Tensor, input_size: tuple[int, int], sigma:
     return np.stack([gaussian_filter(m, sigma=sigma) for m in upsampled.numpy()])
 
 
-def target_selector(bank: EpisodeBank, k: int, seed: int, count: int, device: torch.device, sampler: str = "clean"):
+def target_selector(bank: EpisodeBank, k: int, seed: int, count: int, device: torch.device, sampler: str = "clean",
+                    j: int = 1):
     """A function (model, epoch) -> selection value. Each epoch, `count` fresh episodes are drawn
     on the target (seeded by the training seed and the epoch: the code's are unseeded); image
     score = mean of the top-20 patch scores; pixel map = the patch score upsampled bilinearly to
     the input size and blurred with sigma 4 there; image and pixel AUROC per category, each
     averaged over categories; value = their sum (NaN when no category drew both labels)."""
-    categories = bank.usable_categories(k, sampler)
+    categories = bank.usable_categories(k, sampler, j)
     input_size = tuple(bank.pixel_masks.shape[-2:])  # the episodes' masks are at the model input
 
     def select(model: NAGL, epoch: int) -> float:
         rng = np.random.default_rng([seed, epoch])
-        episodes = [sample_episode(rng, bank, k, categories, sampler) for _ in range(count)]
+        episodes = [sample_episode(rng, bank, k, categories, sampler, j) for _ in range(count)]
         image_aurocs, pixel_aurocs = [], []
         for category in sorted({bank.categories[e.query] for e in episodes}):
             chosen = [e for e in episodes if bank.categories[e.query] == category]

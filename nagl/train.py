@@ -4,9 +4,10 @@ The backbone is frozen and NAGL uses no augmentation, so every image's features 
 up front (the caller passes them in) and an episode only runs the attention modules.
 
 Episode: a random category; k normal references from its normal images; a random defect type
-(uniform over the types, not over images) and one abnormal reference of that type (with defect
-pixels); a query that is normal or abnormal with p = 0.5 (an abnormal query shares the
-reference's type). `episode_sampler`: 'clean' (the default) never makes the query one of the
+(uniform over the types, not over images) and j abnormal references of that type (with defect
+pixels; j = 1 in the paper, any j as the code's --a_shot); a query that is normal or abnormal
+with p = 0.5 (an abnormal query shares the references' type). k = 0 (the code's n_shot 0): the
+normal patches are the abnormal references' own normal region, episode by episode. `episode_sampler`: 'clean' (the default) never makes the query one of the
 references: it needs k + 1 normal images, and a type with one image gives a normal query;
 'official' draws as the code's FSDataset.load_frame (JasonKyng/NAGL utils/dataset.py), whose check
 against the references discards its retry's result, so the query may be one of them
@@ -39,6 +40,7 @@ CHECKPOINT_POLICIES = ("last", "official-target-selected")
 @dataclass
 class TrainConfig:
     k_normal: int
+    k_abnormal: int = 1
     epochs: int = 20
     episodes_per_epoch: int = 500
     batch_size: int = 8
@@ -87,41 +89,45 @@ class EpisodeBank:
             else:
                 group["defects"].setdefault(defect, []).append(index)
 
-    def usable_categories(self, k: int, sampler: str = "clean") -> list[str]:
-        """Categories with a defect type with an abnormal reference and k + 1 normal images (k
+    def usable_categories(self, k: int, sampler: str = "clean", j: int = 1) -> list[str]:
+        """Categories with a defect type with j abnormal references and k + 1 normal images (k
         under the official sampler, whose query may be a reference)."""
         needed = k if sampler == "official" else k + 1
-        return sorted(c for c, g in self.groups.items() if len(g["normal"]) >= needed and self.reference_types(c))
+        return sorted(c for c, g in self.groups.items() if len(g["normal"]) >= needed and self.reference_types(c, j))
 
-    def reference_types(self, category: str) -> list[str]:
+    def reference_types(self, category: str, j: int = 1) -> list[str]:
+        """The category's defect types with at least j images whose mask covers a patch."""
         defects = self.groups[category]["defects"]
-        return sorted(t for t, items in defects.items() if any(self.patch_masks[i].any() for i in items))
+        return sorted(t for t, items in defects.items() if sum(bool(self.patch_masks[i].any()) for i in items) >= j)
 
 
 @dataclass
 class Episode:
     query: int
     normal: list[int]
-    abnormal: int
+    abnormal: list[int]
     label: int
 
 
 def sample_episode(rng: np.random.Generator, bank: EpisodeBank, k: int, categories: list[str],
-                   sampler: str = "clean") -> Episode:
+                   sampler: str = "clean", j: int = 1) -> Episode:
     category = categories[rng.integers(len(categories))]
     group = bank.groups[category]
     normal_pool = group["normal"]
-    normal = [normal_pool[i] for i in rng.choice(len(normal_pool), size=k, replace=False)]
-    types = bank.reference_types(category)
+    normal = [normal_pool[i] for i in rng.choice(len(normal_pool), size=k, replace=False)] if k else []
+    types = bank.reference_types(category, j)
     defect = types[rng.integers(len(types))]
     candidates = [i for i in group["defects"][defect] if bank.patch_masks[i].any()]
-    abnormal = candidates[rng.integers(len(candidates))]
+    if j == 1:  # one draw, as gadbench has always drawn it
+        abnormal = [candidates[rng.integers(len(candidates))]]
+    else:  # without replacement, as the code's random.sample
+        abnormal = [candidates[i] for i in rng.choice(len(candidates), size=j, replace=False)]
     if sampler == "official":  # any image of the pools, the references included
         if rng.random() < 0.5:
             pool = group["defects"][defect]
             return Episode(pool[rng.integers(len(pool))], normal, abnormal, 1)
         return Episode(normal_pool[rng.integers(len(normal_pool))], normal, abnormal, 0)
-    abnormal_queries = [i for i in group["defects"][defect] if i != abnormal]
+    abnormal_queries = [i for i in group["defects"][defect] if i not in abnormal]
     wants_abnormal = rng.random() < 0.5
     if wants_abnormal and abnormal_queries:
         return Episode(abnormal_queries[rng.integers(len(abnormal_queries))], normal, abnormal, 1)
@@ -165,13 +171,20 @@ def episode_loss(output: dict, pixel_masks: torch.Tensor, labels: torch.Tensor, 
 
 
 def run_episodes(model: NAGL, bank: EpisodeBank, episodes: list[Episode], device: torch.device) -> dict:
-    """One forward pass over a batch of episodes."""
+    """One forward pass over a batch of episodes. Without normal references (k = 0) each episode's
+    normal patches are its abnormal references' normal region, whose size differs between
+    episodes: they run one by one and their outputs are stacked (every loss term is a mean over
+    samples, so the batch's loss is unchanged)."""
     index = lambda ids: torch.as_tensor(ids, dtype=torch.long)
     query = bank.features[index([e.query for e in episodes])].to(device)
-    normal = bank.features[index([e.normal for e in episodes])].to(device)
-    abnormal = bank.features[index([[e.abnormal] for e in episodes])].to(device)
-    abnormal_mask = bank.patch_masks[index([[e.abnormal] for e in episodes])].to(device)
-    return model(query, normal, bank.grid, abnormal, abnormal_mask)
+    abnormal = bank.features[index([e.abnormal for e in episodes])].to(device)
+    abnormal_mask = bank.patch_masks[index([e.abnormal for e in episodes])].to(device)
+    if episodes[0].normal:
+        normal = bank.features[index([e.normal for e in episodes])].to(device)
+        return model(query, normal, bank.grid, abnormal, abnormal_mask)
+    outputs = [model(query[b:b + 1], model.normal_from_abnormal(abnormal[b], abnormal_mask[b]), bank.grid,
+                     abnormal[b:b + 1], abnormal_mask[b:b + 1], abnormal_only=True) for b in range(len(episodes))]
+    return {key: torch.cat([output[key] for output in outputs]) for key in outputs[0]}
 
 
 def make_optimizer(model: NAGL, config: TrainConfig):
@@ -186,7 +199,7 @@ def train_epoch(model: NAGL, bank: EpisodeBank, config: TrainConfig, optimizer, 
     model.train()
     losses = []
     for _ in range(0, config.episodes_per_epoch, config.batch_size):
-        episodes = [sample_episode(rng, bank, config.k_normal, categories, config.episode_sampler)
+        episodes = [sample_episode(rng, bank, config.k_normal, categories, config.episode_sampler, config.k_abnormal)
                     for _ in range(config.batch_size)]
         output = run_episodes(model, bank, episodes, device)
         masks = bank.pixel_masks[torch.as_tensor([e.query for e in episodes])].float().to(device)

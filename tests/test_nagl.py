@@ -130,11 +130,12 @@ def test_episode_sampler_never_uses_the_query_as_a_reference():
     seen_labels = set()
     for _ in range(500):
         episode = sample_episode(rng, bank, 2, categories)
-        assert episode.query not in episode.normal and episode.query != episode.abnormal
+        [abnormal] = episode.abnormal
+        assert episode.query not in episode.normal and episode.query != abnormal
         assert len(set(episode.normal)) == 2
         assert bank.labels[episode.query] == episode.label
-        assert bank.categories[episode.query] == bank.categories[episode.abnormal] == bank.categories[episode.normal[0]]
-        assert all(bank.labels[i] == 0 for i in episode.normal) and bank.labels[episode.abnormal] == 1
+        assert bank.categories[episode.query] == bank.categories[abnormal] == bank.categories[episode.normal[0]]
+        assert all(bank.labels[i] == 0 for i in episode.normal) and bank.labels[abnormal] == 1
         seen_labels.add(episode.label)
     assert seen_labels == {0, 1}
 

@@ -52,7 +52,7 @@ def ours(layout: dict, k: int, sampler: str) -> list[str]:
     for _ in range(DRAWS):
         e = sample_episode(rng, bank, k, categories, sampler)
         rows.append("|".join([bank.categories[e.query], names[e.query], str(e.label),
-                              ";".join(names[i] for i in e.normal), names[e.abnormal]]))
+                              ";".join(names[i] for i in e.normal), ";".join(names[i] for i in e.abnormal)]))
     return rows
 
 
