@@ -15,7 +15,7 @@ from benchmark.api import NORMAL, FeatureAdapter, Prediction
 
 class MeanPatchDistance(FeatureAdapter):
     name = "mean_patch_distance"
-    supports = (NORMAL,)  # add NORMAL_ABNORMAL to also receive one abnormal reference with its mask
+    supports = (NORMAL,)  # add NORMAL_ABNORMAL to also receive j abnormal references with their masks
     default_config = {"backbone": "lite0_imagenet", "input_size": 224, "blur_sigma": 4.0}
 
     def set_references(self, category, normal, abnormal):

@@ -125,7 +125,8 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
         k, j = (setting.k_normal, setting.k_abnormal) if setting is not None else (1, 1)
         return TrainConfig(k_normal=k, k_abnormal=j, **self.config["training"])
 
-    def checkpoint_name(self, setting) -> str:
+    @classmethod
+    def checkpoint_name(cls, setting) -> str:
         return f"k{setting.k_normal}" + (f"_a{setting.k_abnormal}" if setting.k_abnormal != 1 else "")
 
     def build_model(self, dim: int) -> NAGL:

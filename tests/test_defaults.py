@@ -61,7 +61,7 @@ def effective(opened, key: str):
         value = getattr(opened.preprocessing(), key.split(".", 1)[1])
         return list(value) if isinstance(value, tuple) else value
     if key.startswith("training.") and hasattr(opened, "train_config"):
-        value = getattr(opened.train_config(1), key.split(".", 1)[1])
+        value = getattr(opened.train_config(), key.split(".", 1)[1])
         return list(value) if isinstance(value, tuple) else value
     return flattened(opened.config)[key]
 
@@ -139,6 +139,6 @@ def test_anomalib_still_has_the_patchcore_values_the_table_cites():
 def test_the_lite0_paper_config_trains_on_the_papers_schedule():
     """configs/methods/nagl_lite0_paper.yaml: NAGL's schedule exactly, on the Lite0 stand-in, labelled."""
     paper, lite0 = adapter("nagl"), adapter("nagl_lite0_paper")
-    assert lite0.train_config(1) == paper.train_config(1)
+    assert lite0.train_config() == paper.train_config()
     assert lite0.config["backbone"] == "lite0_imagenet" and "paper schedule" in load_method("nagl_lite0_paper", "test").label
-    assert adapter("nagl_lite0").train_config(1) != paper.train_config(1)  # the embedded default's is short
+    assert adapter("nagl_lite0").train_config() != paper.train_config()  # the embedded default's is short

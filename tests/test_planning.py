@@ -66,7 +66,7 @@ def test_a_training_that_lacks_source_test_images_is_a_planning_line_not_a_faile
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1  # one shortage: one line
     assert ("src->tgt, N8+A1: nagl_tiny: nagl draws its training episodes in the source's test split: no category"
-            " has 9 normal test images and a defect with a mask for k=8; use a smaller k or more test images") in err
+            " has 9 normal test images and a defect type with 1 masked images for N8+A1; use a smaller k or j, or more test images") in err
     assert not (tmp_path / "results").exists()
 
 

@@ -77,8 +77,10 @@ class TrainedAdapter(Adapter):
         """The source images training reads: their contents are part of the checkpoint's identity."""
         return source.table
 
-    def checkpoint_name(self, setting) -> str:
-        return f"k{setting.k_normal}" if self.model_per_k else "all-k"
+    @classmethod
+    def checkpoint_name(cls, setting) -> str:
+        """The model's folder name: one model per name (estimates count models by it)."""
+        return f"k{setting.k_normal}" if cls.model_per_k else "all-k"
 
     @classmethod
     def training_shortages(cls, config: dict, source: pd.DataFrame, target: pd.DataFrame, setting) -> list[str]:

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
+from benchmark.outputs.significance import own_setting_rows  # noqa: E402
 
 ALPHA = 0.05
 
@@ -25,7 +26,7 @@ def block_values(frame: pd.DataFrame) -> pd.DataFrame:
     done = frame[frame.status == "done"]
     records = []
     for (method, k), part in done.groupby(["method", "k"]):
-        own = part[part.abnormal == part.abnormal.max()]  # N^k+A^1 where the method ran it
+        own = own_setting_rows(part)  # N^k+A^1 where the method ran it
         for row in own.itertuples():
             for category, metrics in row.per_category.items():
                 value = metrics.get("image_auroc")

@@ -12,7 +12,7 @@ import pandas as pd
 from benchmark.api.atomic import write_text
 from benchmark.bench.bursts import NOISY_SPREAD
 from benchmark.errors import GadbenchError
-from benchmark.outputs.tables import RenderedTable
+from benchmark.outputs.rendered import RenderedTable
 from benchmark.run.results import read_cell
 
 STEAL_NOTE = 0.02  # a table notes CPU steal (time the hypervisor gave to other machines) above this share

@@ -106,7 +106,7 @@ def estimate(experiment: Experiment, figures: dict[str, dict]) -> pd.DataFrame:
         images = sum(size for size in sizes if size is not None)
         models = 0
         if cls.trains_on_source:
-            models = len({(c.source, c.setting.k_normal if cls.model_per_k else None) for c in counted})
+            models = len({(c.source, cls.checkpoint_name(c.setting)) for c in counted})
         inference = images / figure["images_per_second"]
         training = models * (figure["training_seconds"] or 0.0)
         evaluation, unpriced = _evaluation_seconds(experiment, cls, counted, figure, megapixels)

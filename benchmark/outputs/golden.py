@@ -11,7 +11,7 @@ import numpy as np
 from benchmark.api.atomic import write_text
 from benchmark.errors import GadbenchError
 from benchmark.run.experiment import Experiment
-from benchmark.run.record import DONE
+from benchmark.run.record import DONE, NOT_APPLICABLE
 from benchmark.outputs.tables import collect
 
 GATED_METRICS = ("image_auroc", "pixel_auroc")
@@ -26,6 +26,8 @@ def current_values(experiment: Experiment, results_root: Path) -> tuple[dict, li
     values, unfinished = {}, []
     for (method, source, target, setting), cells in frame.groupby(["method", "source", "target", "setting"], sort=True):
         key = f"{method} | {source} -> {target} | {setting}"
+        if (cells.status == NOT_APPLICABLE).all():  # the method cannot run the setting: nothing to gate
+            continue
         if (cells.status != DONE).any():
             if not (cells.status == "skipped").all():  # missing weights are not a regression
                 unfinished.append(f"{key}: {', '.join(sorted(set(cells.status)))}")

@@ -6,7 +6,8 @@ Figures, per experiment:
     checkpoints and references; features come from the cache);
   - ROC curves per method for one category and shot count (from the per-image scores of seed 0);
   - per-category image AUROC per method as bars, with the spread (std) over seeds;
-  - the gain from the abnormal reference: image AUROC against k, N^k methods solid, N^k+A^1 dashed.
+  - the gain from the abnormal reference: image AUROC against k, N^k methods solid, N^k+A^1 dashed;
+  - with an abnormal_shots table: image and pixel AUROC against j, with bootstrap intervals.
 Everything is read from the cell files; only the qualitative maps are computed again.
 """
 
@@ -32,6 +33,7 @@ from benchmark.run.qualitative import own_setting, qualitative_maps  # noqa: E40
 from benchmark.run.record import DONE  # noqa: E402
 from benchmark.outputs.tables import collect, write_tables  # noqa: E402
 from benchmark.outputs.cd_diagram import critical_difference  # noqa: E402
+from benchmark.outputs.question_figures import auroc_against_j  # noqa: E402
 
 
 def _save(figure, path: Path) -> Path:
@@ -188,6 +190,11 @@ def write_report(experiments: list[Experiment], results_root: Path, k: int | Non
         if figure is not None:
             path = _save(figure, figures / f"{experiment.name}_abnormal_reference_gain.png")
             lines += [f"![gain from the abnormal reference](figures/{path.name})", ""]
+        shots = [t for spec in experiment.tables.values() if spec["kind"] == "abnormal_shots" for t in spec["targets"]]
+        figure = auroc_against_j(experiment, frame, list(dict.fromkeys(shots))) if shots else None
+        if figure is not None:
+            path = _save(figure, figures / f"{experiment.name}_auroc_against_j.png")
+            lines += [f"![AUROC against the number of abnormal references](figures/{path.name})", ""]
         difference = critical_difference(frame, f"{experiment.name}: critical-difference diagram")
         if difference is not None:
             path = _save(difference[0], figures / f"{experiment.name}_critical_difference.png")

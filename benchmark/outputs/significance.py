@@ -145,7 +145,7 @@ def compare_frame(frame: pd.DataFrame, method_a: str, method_b: str, metrics: li
     out = []
     done = with_replicates(frame[frame.status == "done"])
     for (target, k), part in done.groupby(["target", "k"], sort=False):
-        rows_a, rows_b = _own_setting(part[part.method == method_a]), _own_setting(part[part.method == method_b])
+        rows_a, rows_b = own_setting_rows(part[part.method == method_a]), own_setting_rows(part[part.method == method_b])
         if rows_a.empty or rows_b.empty:
             continue
         for metric in metrics:
@@ -159,8 +159,13 @@ def compare_frame(frame: pd.DataFrame, method_a: str, method_b: str, metrics: li
     return pd.DataFrame(out)
 
 
-def _own_setting(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows[rows.abnormal == rows.abnormal.max()] if len(rows) else rows
+def own_setting_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """A method's rows at one k in its own setting: N^k+A^1 where it ran it (the paper's), else
+    its largest j (N^k for a normal-only method)."""
+    if not len(rows):
+        return rows
+    abnormal = 1 if (rows.abnormal == 1).any() else rows.abnormal.max()
+    return rows[rows.abnormal == abnormal]
 
 
 LEVEL_TEXT = f"{round(100 * LEVEL)} %"

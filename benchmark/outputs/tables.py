@@ -5,12 +5,12 @@ its 95 % bootstrap interval in the CSV; rows not significantly worse than the be
 group are marked (benchmark/outputs/significance.py).
 CSV holds the numbers (mean and std columns); LaTeX (booktabs) and the console view show
 'mean +- std', best of each shot group in bold and second underlined. Cells that were skipped
-(missing weights) or failed show as missing with a footnote that says why.
+(missing weights) or failed show as missing with a footnote that says why; a cell whose method
+cannot run its setting shows 'n/a', with the reason as a footnote.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,12 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.api.atomic import write_text
+from benchmark.outputs import question_tables
+from benchmark.outputs.rendered import RenderedTable, caption
 from benchmark.outputs.significance import LEVEL_TEXT, mark_not_worse, pooled_interval, with_replicates
 from benchmark.run.experiment import Experiment
-from benchmark.run.record import DONE, MISSING
+from benchmark.data.settings import parse_setting
+from benchmark.run.record import DONE, MISSING, NOT_APPLICABLE
 from benchmark.run.results import recorded_cells
 
 TABLE_METRICS = [("image_auroc", "Image"), ("pixel_auroc", "Pixel")]
@@ -39,7 +42,8 @@ def collect(experiment: Experiment, results_root: Path) -> pd.DataFrame:
                "rehearsal": bool(record and record.rehearsal), "limit": record.limit if record else None,
                "per_category": record.per_category if record else {},
                "per_image": record.per_image if record else {},
-               "bootstrap": record.bootstrap if record else None}
+               "bootstrap": record.bootstrap if record else None, "coverage": record.coverage if record else None,
+               "config": cell.method.config}
         for name, value in (record.mean_metrics if record else {}).items():
             row[name] = np.nan if value is None else value
         rows.append(row)
@@ -49,7 +53,8 @@ def collect(experiment: Experiment, results_root: Path) -> pd.DataFrame:
 def _row_order(frame: pd.DataFrame, experiment: Experiment) -> list[tuple[str, str]]:
     method_order = {m.name: i for i, m in enumerate(experiment.methods)}
     keys = frame[["k", "abnormal", "setting", "method"]].drop_duplicates()
-    keys = keys.assign(order=keys.method.map(method_order)).sort_values(["k", "abnormal", "order"])
+    keys = keys.assign(order=keys.method.map(method_order), k_order=keys.k.where(keys.k >= 0, 10**9))  # Nall last
+    keys = keys.sort_values(["k_order", "abnormal", "order"])
     return list(zip(keys.setting, keys.method))
 
 
@@ -79,6 +84,8 @@ def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str], w
                 row[f"{target}:{metric}:ci_low"], row[f"{target}:{metric}:ci_high"] = \
                     (100 * bounds[0], 100 * bounds[1]) if bounds else (np.nan, np.nan)
             row[f"{target}:seeds"] = len(done)
+            not_applicable = bool(len(cells)) and bool((cells.status == NOT_APPLICABLE).all())
+            row[f"{target}:not_applicable"] = cells.reason.iloc[0] if not_applicable else ""  # the CSV keeps why
             bad = cells[cells.status != DONE]
             if len(bad):
                 reason = f"{bad.status.iloc[0]}: {bad.reason.iloc[0]}"
@@ -137,14 +144,16 @@ def _formatted(table: pd.DataFrame, targets: list[str], style: str) -> tuple[lis
     for index, record in table.iterrows():
         setting = record.setting
         if style == "latex":
-            setting = setting.replace("N", "$N^{", 1).replace("+A", "}+A^{") + "}$"
+            setting = parse_setting(setting).latex
         method = record.method + (" †" if record.random_weights else "") + (" ‡" if record.target_selected else "") + \
             (" ◊" if record.rehearsal or pd.notna(record.limit) else "")
         line = [setting, method]
         for target, metric in columns:
             mean, std = record[f"{target}:{metric}:mean"], record[f"{target}:{metric}:std"]
             note = record[f"{target}:note"]
-            if np.isnan(mean):
+            if record.get(f"{target}:not_applicable"):
+                text = "n/a"
+            elif np.isnan(mean):
                 text = "–"
             else:
                 spread = "" if np.isnan(std) else (f" ± {std:.1f}" if style == "console" else f"$\\pm${std:.1f}")
@@ -192,15 +201,6 @@ def latex_table(table: pd.DataFrame, targets: list[str], displays: dict[str, str
     return "\n".join(lines) + "\n"
 
 
-def caption(experiment: Experiment, what: str) -> str:
-    protocol = {"clean": "clean protocol: abnormal reference removed from the queries",
-                "official": "official NAGL protocol: type-matched abnormal reference kept in the test set"}[experiment.protocol]
-    prefix = "REHEARSAL, not results: " if experiment.rehearsal else ""
-    seeds = ", ".join(map(str, experiment.seeds))
-    spread = f"mean $\\pm$ std over seeds {seeds}" if len(experiment.seeds) > 1 else f"seed {seeds} (one seed: no spread)"
-    return f"{prefix}{experiment.name}: {what}, AUROC (\\%), {spread}; {protocol}."
-
-
 def per_category_table(experiment: Experiment, frame: pd.DataFrame, target: str) -> pd.DataFrame:
     out = []
     for setting, method in _row_order(frame, experiment):
@@ -220,20 +220,6 @@ def per_category_table(experiment: Experiment, frame: pd.DataFrame, target: str)
     return pd.DataFrame(out)
 
 
-@dataclass
-class RenderedTable:
-    """A table as people read it: what the console prints and the report renders as Markdown."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    footnotes: list[str]
-
-    def markdown(self) -> list[str]:
-        return [f"**{self.title}**", "", tabulate(self.rows, headers=self.headers, tablefmt="github", disable_numparse=True),
-                "", *[f"- {note}" for note in self.footnotes], ""]
-
-
 def write_tables(experiment: Experiment, results_root: Path, echo=print, rendered: list | None = None) -> list[Path]:
     """CSV and LaTeX per table of the experiment (and per-category CSVs); each table is also
     echoed for the console and, when `rendered` is given, appended to it as a RenderedTable."""
@@ -245,6 +231,9 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print, rendere
     for table_name, spec in experiment.tables.items():
         targets = [t for t in spec["targets"] if t in set(frame.target)]
         if not targets:
+            continue
+        if spec.get("kind", "main") != "main":  # benchmark/outputs/question_tables.py
+            written += question_tables.write(experiment, frame, table_name, spec["kind"], targets, out_dir, echo, rendered)
             continue
         table, footnotes = summarise(experiment, frame, targets, spec["mean"])
         numeric = table.drop(columns=[c for c in table.columns if c.endswith(":note")])

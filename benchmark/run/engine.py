@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from benchmark.api import Adapter, ImageBatch, ReferenceSet
 from benchmark.data.batches import load_batch, load_references, original_masks
 from benchmark.data.references import Plan, QueryGroup
+from benchmark.run.coverage import coverage_flags
 from benchmark.run.intervals import PIXEL_BINS
 from benchmark.run.maps import finish
 from benchmark.run.metrics import image_metrics
@@ -53,6 +54,8 @@ class CategoryResult:
     paths: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)  # '' for a normal query
+    covered: list[bool | None] = field(default_factory=list)  # benchmark/run/coverage.py (None: normal)
     maps: list[np.ndarray] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -80,6 +83,8 @@ def evaluate_plan(adapter: Adapter, category: str, plan: Plan, *, files_root, ma
             result.scores.extend(scores.tolist())
             result.labels.extend(int(v) for v in rows.label)
             result.paths.extend(os.path.relpath(p, files_root) for p in rows.path)
+            result.defects.extend(d if label else "" for d, label in zip(rows.defect, rows.label))
+            result.covered.extend(coverage_flags(rows.to_dict("records"), group.abnormal))
             if adapter.pixel_level and maps is not None:
                 if with_metrics:  # pass 1 of the pixel metrics, while the batch's masks are at hand
                     pixels.add_many(original_masks(batch, mask_threshold), maps)

@@ -18,7 +18,8 @@ EXPERIMENT_KEYS = {"name", "description", "protocol", "protocol_options", "data_
                    "settings", "seeds", "methods", "tables", "categories"}
 DATASET_KEYS = {"layout", "root", "display", "mask_threshold", "options", "max_per_group", "test_images", "test_megapixels"}
 METHOD_KEYS = {"name", "adapter", "label", "config", "description"}
-TABLE_KEYS = {"targets", "mean"}
+TABLE_KEYS = {"targets", "mean", "kind"}
+TABLE_KINDS = ("main", "abnormal_shots", "coverage", "proxies")  # benchmark/outputs/question_tables.py
 PROTOCOL_OPTION_KEYS = {"nested_block", "abnormal_block"}
 
 
@@ -225,7 +226,10 @@ def load_experiment(path: str | Path, data_root: str | Path | None = None, adapt
         for name in spec["targets"]:
             if name not in datasets:
                 raise GadbenchError(f"{where}: table {table!r}: unknown dataset {name!r}{closest(name, datasets)}")
-        tables[table] = {"targets": list(spec["targets"]), "mean": bool(spec.get("mean", False))}
+        kind = spec.get("kind", "main")
+        if kind not in TABLE_KINDS:
+            raise GadbenchError(f"{where}: table {table!r}: unknown kind {kind!r}{closest(str(kind), TABLE_KINDS)}")
+        tables[table] = {"targets": list(spec["targets"]), "mean": bool(spec.get("mean", False)), "kind": kind}
     categories = data.get("categories") or {}
     return Experiment(name=data.get("name", path.stem), path=path, protocol=protocol, protocol_options=options,
                       data_root=root, datasets=datasets, pairs=pairs, settings=settings, seeds=seeds,

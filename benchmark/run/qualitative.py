@@ -13,13 +13,13 @@ import torch
 from benchmark.errors import MissingWeights
 from benchmark.run.engine import evaluate_plan
 from benchmark.run.experiment import Experiment
-from benchmark.run.record import CellRecord
+from benchmark.run.record import NOT_APPLICABLE, CellRecord
 from benchmark.run.results import read_record
 
 
 def own_setting(experiment: Experiment, method_name: str, k: int, frame: pd.DataFrame) -> str | None:
     """The setting a method is shown in at k: N^k+A^1 if it ran there, else N^k."""
-    ran = frame[(frame.method == method_name) & (frame.k == k)]
+    ran = frame[(frame.method == method_name) & (frame.k == k) & (frame.status != NOT_APPLICABLE)]
     for abnormal in (1, 0):
         settings = ran[ran.abnormal == abnormal].setting.unique()
         if len(settings):

@@ -16,6 +16,7 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 DONE, FAILED, SKIPPED, MISSING = "done", "failed", "skipped", "missing"
 ELSEWHERE = "elsewhere"  # not run here: another run on the same results folder holds or finished it
+NOT_APPLICABLE = "n/a"  # never run: the method cannot run the setting (Adapter.setting_support says why)
 
 
 @dataclass
@@ -79,6 +80,11 @@ class CellRecord:
         return self.metrics.get("per_category") or {}
 
     @property
+    def coverage(self) -> dict | None:
+        """Covered / uncovered breakdown of a cell with abnormal references (benchmark/run/coverage.py)."""
+        return self.metrics.get("coverage")
+
+    @property
     def bootstrap(self) -> dict | None:
         return self.metrics.get("bootstrap")
 
@@ -93,6 +99,11 @@ class CellRecord:
     # --- files -----------------------------------------------------------------------------
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def not_applicable(cls, identity: CellIdentity, protocol: str, reason: str) -> "CellRecord":
+        """The record of a cell whose method cannot run its setting: no file, 'n/a' everywhere."""
+        return cls(cell=identity, cell_key="", protocol=protocol, status=NOT_APPLICABLE, reason=reason)
 
     @classmethod
     def from_json(cls, data: dict, where: str | Path = "cell file") -> "CellRecord":

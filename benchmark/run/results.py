@@ -12,7 +12,7 @@ import numpy as np
 
 from benchmark.api.atomic import atomic_file
 from benchmark.run.experiment import Cell, Experiment
-from benchmark.run.record import CellRecord
+from benchmark.run.record import CellIdentity, CellRecord
 
 
 def cell_path(results_root: Path, cell: Cell, protocol: str) -> Path:
@@ -81,7 +81,21 @@ def recorded_cells(experiment: Experiment, results_root: Path) -> list[tuple[Cel
             if belongs and recorded.setting in settings and recorded.seed in seeds:
                 cell = Cell(method, recorded.source, recorded.target, settings[recorded.setting], recorded.seed)
                 found.setdefault(cell.id, (cell, record))
-    planned = experiment.cells()
-    order = {cell.id: index for index, cell in enumerate(planned)}
-    rows = list(found.values()) + [(cell, None) for cell in planned if cell.id not in found]
+    grid = experiment.grid()
+    order = {cell.id: index for index, (cell, _) in enumerate(grid)}
+    rows = list(found.values()) + [(cell, None if why_not is None else not_applicable(cell, why_not, experiment))
+                                   for cell, why_not in grid if cell.id not in found]
     return sorted(rows, key=lambda row: order.get(row[0].id, len(order)))
+
+
+def cell_identity(cell: Cell, experiment: Experiment) -> CellIdentity:
+    adapter_class = cell.method.adapter_class
+    return CellIdentity(method=cell.method.name, method_label=cell.method.label, adapter=cell.method.adapter,
+                        source=cell.source, target=cell.target, setting=cell.setting.label, k=cell.setting.k_normal,
+                        abnormal=cell.setting.k_abnormal, seed=cell.seed, reference_seed=cell.seed,
+                        trains_on_source=adapter_class.trains_on_source, pixel_level=adapter_class.pixel_level,
+                        experiment=experiment.name)
+
+
+def not_applicable(cell: Cell, reason: str, experiment: Experiment) -> CellRecord:
+    return CellRecord.not_applicable(cell_identity(cell, experiment), experiment.protocol, reason)

@@ -31,11 +31,12 @@ from benchmark.features.disk_cache import DiskFeatureCache
 from benchmark.features.service import FeatureService
 from benchmark.data.images import file_sha256
 from benchmark.run.intervals import DESCRIPTION as BOOTSTRAP_DESCRIPTION, category_replicates, cell_replicates, interval
+from benchmark.run.coverage import category_coverage, cell_coverage
 from benchmark.run.engine import evaluate_plan
 from benchmark.run.metrics import METRIC_NAMES
 from benchmark.run.provenance import git_state, package_versions
 from benchmark.run.record import DONE, ELSEWHERE, FAILED, SKIPPED, CellIdentity, CellRecord
-from benchmark.run.results import cell_path, read_record, write_json_atomic
+from benchmark.run.results import cell_identity, cell_path, read_record, write_json_atomic
 from benchmark.features.weights import WeightStore
 
 
@@ -89,12 +90,7 @@ class Runner:
             return self.run_cell(cell).status
 
     def identity(self, cell: Cell) -> CellIdentity:
-        adapter_class = cell.method.adapter_class
-        return CellIdentity(method=cell.method.name, method_label=cell.method.label, adapter=cell.method.adapter,
-                            source=cell.source, target=cell.target, setting=cell.setting.label, k=cell.setting.k_normal,
-                            abnormal=cell.setting.k_abnormal, seed=cell.seed, reference_seed=cell.seed,
-                            trains_on_source=adapter_class.trains_on_source, pixel_level=adapter_class.pixel_level,
-                            experiment=self.experiment.name)
+        return cell_identity(cell, self.experiment)
 
     def run_cell(self, cell: Cell) -> CellRecord:
         started = time.time()
@@ -145,7 +141,7 @@ class Runner:
         timings = {}
         adapter, checkpoint = self.adapter_for(cell, timings)
         table = self.data.table(cell.target)
-        per_category, counts, manifests, per_image, replicates = {}, {}, {}, {}, {}
+        per_category, counts, manifests, per_image, replicates, coverage = {}, {}, {}, {}, {}, {}
         predict_seconds, images_scored = 0.0, 0
         for category in sorted(table.category.unique()):
             manifest_file, plan = self.data.plan(cell, category)
@@ -158,6 +154,10 @@ class Runner:
             per_image[category] = {"path": result.paths, "label": result.labels, "score": result.scores}
             replicates[category] = category_replicates(category, cell.seed, result.paths, result.labels, result.scores,
                                                        result.pixel_histograms)
+            if cell.setting.k_abnormal:  # which anomalous queries an abnormal reference of their type covers
+                per_image[category].update(defect=result.defects, covered=result.covered)
+                coverage[category] = category_coverage(category, cell.seed, result.paths, result.labels, result.scores,
+                                                       result.covered, result.pixel_histograms)
             counts[category] = {"queries": len(result.labels), "anomalous": int(np.sum(result.labels)),
                                 "removed_references_from_queries": plan.removed_from_queries,
                                 "abnormal_reference_groups": len(plan.groups)}
@@ -171,6 +171,8 @@ class Runner:
         bootstrap = {metric: None if v is None else np.round(v, 6).tolist() for metric, v in bootstrap.items()}
         record.metrics = {"mean": mean, "per_category": per_category, "intervals": intervals,
                           "bootstrap": {"description": BOOTSTRAP_DESCRIPTION, **bootstrap}}
+        if cell.setting.k_abnormal:
+            record.metrics["coverage"] = cell_coverage(coverage, by_construction=self.experiment.protocol == "official")
         record.counts, record.manifests, record.per_image, record.timings = counts, manifests, per_image, timings
         record.cell.training_seed = getattr(adapter, "training_seed", None)
         record.method, record.checkpoint = adapter.describe(), str(checkpoint) if checkpoint else None

@@ -1,0 +1,112 @@
+"""Reference settings end to end: n/a cells, coverage flags and the question tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.outputs.golden import current_values
+from benchmark.run.coverage import category_coverage, coverage_flags
+from benchmark.run.experiment import load_experiment
+from conftest import write_experiment
+
+NN = {"name": "nn_tiny", "adapter": "normal_nn", "label": "NN tiny", "config": {"backbone": "lite0_imagenet", "input_size": 96}}
+ABLATION = {"name": "iii_tiny", "adapter": "nn_ablation", "label": "(iii) tiny",
+            "config": {"backbone": "lite0_imagenet", "input_size": 96, "variant": "normal+abnormal"}}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, synthetic_root):
+    folder = tmp_path_factory.mktemp("settings")
+    experiment = write_experiment(folder / "tiny.yaml", synthetic_root, methods=[NN, ABLATION],
+                                  settings=["N1", "N1+A1", "N1+A2", "N0+A1"], seeds=[0],
+                                  pairs=[["tiny_textures", "tiny_objects"]], protocol_options={"abnormal_block": 2},
+                                  tables={"main": ["tiny_objects"],
+                                          "abnormal_shots": {"targets": ["tiny_objects"], "kind": "abnormal_shots"},
+                                          "coverage": {"targets": ["tiny_objects"], "kind": "coverage"}})
+    results = folder / "results"
+    assert main(["run", "--experiment", str(experiment), "--results", str(results), "--no-progress"]) == 0
+    assert main(["tables", "--experiment", str(experiment), "--results", str(results)]) == 0
+    return experiment, results
+
+
+def test_a_method_that_cannot_run_a_setting_is_n_a_with_its_reason_never_a_file_or_a_failure(finished, capsys):
+    experiment_file, results = finished
+    files = {p.relative_to(results / "runs" / "clean").parts[:3] for p in (results / "runs").rglob("*.json")}
+    assert ("nn_tiny", "any__tiny_objects", "N1+A1") not in files and ("iii_tiny", "any__tiny_objects", "N1") not in files
+    main_table = pd.read_csv(results / "tables" / "tiny" / "main.csv")
+    na = main_table[(main_table.method == "NN tiny") & (main_table.setting == "N1+A2")].iloc[0]
+    assert na["tiny_objects:not_applicable"] == "normal_nn uses normal references only"
+    assert np.isnan(na["tiny_objects:image_auroc:mean"])
+    tex = (results / "tables" / "tiny" / "main.tex").read_text()
+    assert "n/a" in tex and "n/a: normal\\_nn uses normal references only" in tex
+    shots = (results / "tables" / "tiny" / "abnormal_shots.csv")
+    long = pd.read_csv(shots)
+    row = long[(long.method == "(iii) tiny") & (long.j == 0) & (long.metric == "image_auroc")].iloc[0]
+    assert row.status == "n/a: nn_ablation needs an abnormal reference" and np.isnan(row["mean"])
+    values, unfinished = current_values(load_experiment(experiment_file), results)
+    assert not unfinished and not any("nn_tiny" in key and "+A" in key for key in values)
+
+
+def test_the_abnormal_shots_table_has_one_column_per_j_and_intervals(finished):
+    _, results = finished
+    long = pd.read_csv(results / "tables" / "tiny" / "abnormal_shots.csv")
+    ablation = long[(long.method == "(iii) tiny") & (long.metric == "image_auroc")]
+    assert sorted(zip(ablation.k.astype(str), ablation.j)) == [("0", 1), ("1", 0), ("1", 1), ("1", 2)]
+    done = ablation[ablation.j > 0]
+    assert (done.ci_low <= done["mean"]).all() and (done["mean"] <= done.ci_high).all()
+    tex = (results / "tables" / "tiny" / "abnormal_shots.tex").read_text()
+    assert "A2 Pixel" in tex and "[" in tex
+
+
+def _cell(results, method, setting):
+    return json.loads(next((results / "runs" / "clean" / method).glob(f"*/{setting}/seed0.json")).read_text())
+
+
+def test_coverage_flags_follow_the_manifest_types(finished):
+    """Each anomalous query is covered exactly when one of the cell's abnormal references (as its
+    manifest lists them) has the query's defect type; normal queries carry no flag."""
+    _, results = finished
+    for setting in ("N1+A1", "N1+A2"):
+        cell = _cell(results, "iii_tiny", setting)
+        for category, images in cell["per_image"].items():
+            manifest = pd.read_csv(cell["manifests"][category]["path"], dtype=str, keep_default_na=False)
+            types = set(manifest[manifest.role == "abnormal"].defect)
+            assert len(manifest[manifest.role == "abnormal"]) == int(setting[-1])
+            expected = [None if label == 0 else path.split("/")[-2] in types for path, label in zip(images["path"], images["label"])]
+            assert images["covered"] == expected
+            assert images["defect"] == ["" if label == 0 else path.split("/")[-2] for path, label in zip(images["path"], images["label"])]
+        coverage = cell["metrics"]["coverage"]
+        anomalous = sum(sum(1 for c in images["covered"] if c is not None) for images in cell["per_image"].values())
+        assert coverage["covered"]["anomalous"] + coverage["uncovered"]["anomalous"] == anomalous
+        assert coverage["by_construction"] is False
+
+
+def test_a_part_scores_its_anomalous_queries_against_every_normal_query():
+    """Constructed: the covered defect scores above every normal query, the uncovered one ties the
+    middle normal one: covered AUROC 1, uncovered 0.5 (P(anomalous > normal) + 0.5 P(tie))."""
+    queries = [{"label": 0, "defect": "good"}, {"label": 0, "defect": "good"}, {"label": 1, "defect": "hole"},
+               {"label": 1, "defect": "scratch"}, {"label": 0, "defect": "good"}]
+    covered = coverage_flags(queries, [{"defect": "hole"}])
+    assert covered == [None, None, True, False, None]
+    parts = category_coverage("c", 0, ["a", "b", "c", "d", "e"], [0, 0, 1, 1, 0], [0.1, 0.2, 0.9, 0.2, 0.3], covered, None)
+    assert parts["covered"]["values"]["image_auroc"] == 1.0
+    assert parts["uncovered"]["values"]["image_auroc"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert parts["covered"]["anomalous"] == parts["uncovered"]["anomalous"] == 1
+    assert "uncovered" not in category_coverage("c", 0, ["a", "c"], [0, 1], [0.1, 0.9], [None, True], None)
+
+
+def test_the_coverage_table_splits_all_into_covered_and_uncovered(finished):
+    _, results = finished
+    long = pd.read_csv(results / "tables" / "tiny" / "coverage.csv")
+    part = long[(long.method == "(iii) tiny") & (long.setting == "N1+A1") & (long.metric == "image_auroc")]
+    assert list(part.queries) == ["all anomalous", "covered", "uncovered"]
+    cell = _cell(results, "iii_tiny", "N1+A1")
+    covered = cell["metrics"]["coverage"]["covered"]
+    assert part[part.queries == "covered"]["mean"].iloc[0] == pytest.approx(100 * covered["image_auroc"], abs=1e-3)
+    nn = long[(long.method == "NN tiny")]
+    assert (nn.status.str.startswith("n/a")).all()
