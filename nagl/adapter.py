@@ -1,6 +1,6 @@
 """NAGL behind the harness's adapter contract.
 
-Training: one model per k on the source domain's test split, in the harness's resumable loop
+Training: one model per (k, j) on the source domain's test split, in the harness's resumable loop
 (the harness keys, saves and loads the checkpoint: benchmark/run/checkpoints.py). At test time Residual Mining depends
 only on the references, so it runs once per reference set, not once per query as in the code.
 """
@@ -33,7 +33,7 @@ def train_nagl(model: NAGL, bank: EpisodeBank, config: TrainConfig, folder: Path
     the last epoch, or under `official-target-selected` the best selected one (the last when none was)."""
     categories = bank.usable_categories(config.k_normal, config.episode_sampler, config.k_abnormal)
     if not categories:
-        needed = config.k_normal + (config.episode_sampler != "official")
+        needed = bank.normal_images_needed(config.k_normal, config.episode_sampler)
         raise ValueError(f"no source category has {needed} normal images and a defect type with {config.k_abnormal} masked images")
     torch.manual_seed(config.seed)
     model.to(device)
@@ -168,8 +168,8 @@ class NAGLAdapter(TrainedAdapter, FeatureAdapter):
         return source.table[source.table.split == "test"]
 
     def train(self, source: TrainingData, setting, target: TrainingData | None, folder: Path, digest: str) -> dict:
-        """One model per k, trained with the config's seed (111): the cell's reference seed does not
-        change the model, so all seeds of a k share one checkpoint, as in the paper."""
+        """One model per (k, j), trained with the config's seed (111): the cell's reference seed does
+        not change the model, so all seeds of a setting share one checkpoint, as in the paper."""
         config = self.train_config(setting)
         bank = self.episode_bank(source)
         torch.manual_seed(config.seed)  # the initial weights come from the training seed alone

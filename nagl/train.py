@@ -89,10 +89,14 @@ class EpisodeBank:
             else:
                 group["defects"].setdefault(defect, []).append(index)
 
+    @staticmethod
+    def normal_images_needed(k: int, sampler: str = "clean") -> int:
+        """k + 1 normal images per category (k under the official sampler, whose query may be a reference)."""
+        return k if sampler == "official" else k + 1
+
     def usable_categories(self, k: int, sampler: str = "clean", j: int = 1) -> list[str]:
-        """Categories with a defect type with j abnormal references and k + 1 normal images (k
-        under the official sampler, whose query may be a reference)."""
-        needed = k if sampler == "official" else k + 1
+        """Categories with a defect type with j abnormal references and enough normal images."""
+        needed = self.normal_images_needed(k, sampler)
         return sorted(c for c, g in self.groups.items() if len(g["normal"]) >= needed and self.reference_types(c, j))
 
     def reference_types(self, category: str, j: int = 1) -> list[str]:

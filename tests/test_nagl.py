@@ -204,3 +204,34 @@ def test_target_selected_policy_keeps_the_best_epoch_from_the_start_epoch(tmp_pa
     scores = iter([0.5, 0.9, 0.7])  # epochs 1, 2, 3 are scored; epoch 2 (index) is best
     state = train(make_model(), bank, config, tmp_path, "h", select=lambda model, epoch: next(scores))
     assert state["epoch"] == 2
+
+
+def test_episodes_with_j_references_draw_them_of_one_type_without_replacement_and_never_as_the_query():
+    bank = tiny_bank()
+    rng = np.random.default_rng(1)
+    categories = bank.usable_categories(1, "clean", j=3)
+    for _ in range(300):
+        episode = sample_episode(rng, bank, 1, categories, "clean", j=3)
+        assert len(set(episode.abnormal)) == 3 and episode.query not in episode.abnormal
+        assert {bank.defects[i] for i in episode.abnormal} == {"dent"} and all(bank.patch_masks[i].any() for i in episode.abnormal)
+        assert len({bank.categories[i] for i in episode.abnormal + [episode.query]}) == 1
+    assert bank.usable_categories(1, "clean", j=6) == []  # 5 defect images per category
+
+
+@torch.no_grad()
+def test_n0_episodes_run_one_by_one_as_the_adapter_scores_them():
+    """k = 0: each episode's normal bank is its own references' normal patches and s_n = 1 - s_a;
+    the batch's outputs equal each episode run alone through the model."""
+    bank = tiny_bank()
+    model = make_model().eval()
+    rng = np.random.default_rng(2)
+    episodes = [sample_episode(rng, bank, 0, bank.usable_categories(0, "clean", j=2), "clean", j=2) for _ in range(4)]
+    assert all(e.normal == [] for e in episodes)
+    batch = run_episodes(model, bank, episodes, torch.device("cpu"))
+    for b, episode in enumerate(episodes):
+        abnormal, mask = bank.features[episode.abnormal], bank.patch_masks[episode.abnormal]
+        normal = abnormal[mask == 0][None]
+        alone = model(bank.features[episode.query][None], normal, GRID, abnormal[None], mask[None], abnormal_only=True)
+        torch.testing.assert_close(batch["score"][b], alone["score"][0])
+        torch.testing.assert_close(batch["s_n"][b], 1 - batch["s_a"][b])
+        torch.testing.assert_close(batch["score"][b], batch["s_a"][b])

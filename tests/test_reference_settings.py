@@ -110,3 +110,11 @@ def test_the_coverage_table_splits_all_into_covered_and_uncovered(finished):
     assert part[part.queries == "covered"]["mean"].iloc[0] == pytest.approx(100 * covered["image_auroc"], abs=1e-3)
     nn = long[(long.method == "NN tiny")]
     assert (nn.status.str.startswith("n/a")).all()
+
+
+def test_the_report_shows_the_question_tables_and_auroc_against_j(finished):
+    experiment_file, results = finished
+    assert main(["report", "--experiment", str(experiment_file), "--results", str(results)]) == 0
+    report = (results / "report.md").read_text()
+    assert "**coverage (tiny" in report and "**abnormal_shots (tiny" in report and "n/a" in report
+    assert "figures/tiny_auroc_against_j.png" in report and (results / "figures" / "tiny_auroc_against_j.png").stat().st_size > 0

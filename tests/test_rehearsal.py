@@ -28,11 +28,13 @@ def test_every_cell_of_the_reduced_grid_runs(rehearsal):
     assert status == 0
     cells = [json.loads(p.read_text()) for p in (results / "runs").rglob("*.json")]
     experiments = {c["cell"]["experiment"] for c in cells}
-    assert experiments == {"main", "ablation"}  # every experiment of the default rehearsal has cells
+    assert experiments == {"main", "ablation", "open_questions"}  # every experiment of the default rehearsal has cells
     main_cells = [c for c in cells if c["cell"]["experiment"] == "main"]
     assert len(main_cells) == 11  # main.yaml's 11 methods on mvtec -> brats, each in its own setting
     ablation = [c for c in cells if c["cell"]["experiment"] == "ablation"]
     assert {c["cell"]["method"] for c in ablation} == {"ablation_i", "ablation_ii", "ablation_iii", "nagl"}  # on mvtec -> visa
+    questions = [c for c in cells if c["cell"]["experiment"] == "open_questions"]  # on mvtec -> visa (a source already trained on)
+    assert {c["cell"]["method"] for c in questions} >= {"nagl@proxies=5", "nagl@proxies=25", "nagl@proxies=50", "patchcore"}
     assert all(c["status"] == "done" for c in cells), [c.get("error") for c in cells if c["status"] != "done"]
     assert all(c["rehearsal"] is True and c["limit"] == 2 for c in cells)
     assert all(c["method"]["random_weights"] for c in cells)
@@ -47,6 +49,8 @@ def test_tables_and_report_mark_the_rehearsal_everywhere(rehearsal):
     assert (results / "tables" / "main" / "medical.tex").read_text().count("REHEARSAL, not results") == 1
     efficiency = pd.read_csv(results / "tables" / "efficiency_paper_rehearsal" / "efficiency.csv")
     assert set(efficiency.method) == {"patchcore", "nagl"} and efficiency.rehearsal.all() and (efficiency.status == "done").all()
+    for name in ("abnormal_shots", "coverage", "proxies"):
+        assert "REHEARSAL, not results" in (results / "tables" / "open_questions" / f"{name}.tex").read_text()
     report = (results / "report.md").read_text()
     assert "◊" in report and "Efficiency (efficiency_paper_rehearsal)" in report
 

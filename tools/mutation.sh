@@ -14,7 +14,10 @@ files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
   files=(nagl/model.py benchmark/features/similarity.py nagl/train.py baselines/patchcore_model.py baselines/inctrl_model.py
          baselines/resad_model.py nagl/ablation.py nagl/normal_nn.py benchmark/run/metrics.py
-         benchmark/data/references.py benchmark/features/pos_embed.py benchmark/run/maps.py)
+         benchmark/data/references.py benchmark/data/reference_rules.py benchmark/data/settings.py
+         benchmark/features/pos_embed.py benchmark/run/maps.py benchmark/run/pixel_accumulator.py
+         benchmark/run/coverage.py baselines/winclip.py benchmark/run/experiment.py benchmark/run/sweeps.py
+         benchmark/config.py)
 fi
 out="$PWD/results/mutation"
 mkdir -p "$out"
@@ -30,7 +33,8 @@ cd "$scratch"
   echo "pytest_add_cli_args ="; for a in -p no:cacheprovider -x -q -m "not slow"; do echo "    $a"; done
   echo "pytest_add_cli_args_test_selection ="
   for t in tests/conformance tests/test_nagl.py tests/test_metrics.py tests/test_references.py tests/test_scoring.py \
-           tests/test_formulas.py; do echo "    $t"; done
+           tests/test_formulas.py tests/test_pixel_accumulator.py tests/test_sweeps.py tests/test_config_keys.py \
+           tests/test_defaults.py tests/test_baselines.py tests/test_reference_settings.py; do echo "    $t"; done
   echo "process_isolation = forkserver"
 } > setup.cfg
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m mutmut run --max-children "${MUTATION_JOBS:-2}" || true

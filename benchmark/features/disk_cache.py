@@ -43,7 +43,8 @@ class DiskFeatureCache:
             return None
         levels = load_tensors(path, "delete it (`gadbench cache clear`) to compute it again")
         if not (isinstance(levels, list) and all(isinstance(t, torch.Tensor) for t in levels)):
-            raise GadbenchError(f"{path}: not a feature-cache entry (a list of tensors); delete it (`gadbench cache clear`) to compute it again")
+            raise GadbenchError(f"{path}: not a feature-cache entry (a list of tensors);"
+                                " delete it (`gadbench cache clear`) to compute it again")
         return levels
 
     def put(self, backbone_id: str, key: str, levels: list[torch.Tensor]) -> None:

@@ -67,10 +67,13 @@ def abnormal_shots(experiment, frame: pd.DataFrame, targets: list[str]):
         parsed = parse_setting(setting)
         for metric, _ in METRICS:
             long.append({"target": target, "method": cells.label.iloc[0], "k": parsed.normal_text, "j": parsed.k_abnormal,
-                         "setting": setting, "metric": metric, **_summary(cells, metric)})
+                         "setting": setting, "metric": metric, "order": parsed.order, **_summary(cells, metric)})
     long = pd.DataFrame(long)
     if long.empty:
         return long, [], [], []
+    position = {t: i for i, t in enumerate(targets)}  # rows: targets as listed, methods as run, then k (Nall last)
+    long = long.assign(first=long.target.map(position), second=long.method.map({m: i for i, m in enumerate(dict.fromkeys(long.method))}))
+    long = long.sort_values(["first", "second", "order"], kind="stable").drop(columns=["first", "second", "order"])
     js = sorted(long.j.unique())
     headers = ["Target", "Method", "k"] + [f"A{j} {short}" for _, short in METRICS for j in js]
     rows = []
@@ -81,7 +84,8 @@ def abnormal_shots(experiment, frame: pd.DataFrame, targets: list[str]):
                 value = part[(part.metric == metric) & (part.j == j)]
                 line.append(shown(value.iloc[0].to_dict()) if len(value) else "")
         rows.append(line)
-    return long, headers, rows, _footnotes(long)
+    notes = _footnotes(long) + (["blank: not a setting of this experiment"] if any("" in row for row in rows) else [])
+    return long, headers, rows, notes
 
 
 def coverage(experiment, frame: pd.DataFrame, targets: list[str]):
