@@ -2,13 +2,10 @@
 # Set up .venv if needed, run the test suite, then the AUROC regression gate: the CI-sized
 # experiments are run (finished cells are reused) and compared with results/golden/ by
 # `gadbench check`. Extra arguments go to pytest. GADBENCH_SKIP_GATE=1 runs the tests only.
-# The test files are spread over GADBENCH_TEST_WORKERS processes (pytest-xdist; default: the cores,
-# at most 4; 0 runs them in this process), a file's tests in one worker (module fixtures once).
 set -euo pipefail
 cd "$(dirname "$0")"
 source tools/ensure_venv.sh
-workers="${GADBENCH_TEST_WORKERS:-$(python -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')}"
-python -m pytest -n "$workers" --dist loadfile "$@"
+python -m pytest "$@"
 if [ -n "${GADBENCH_SKIP_GATE:-}" ]; then
   exit 0
 fi

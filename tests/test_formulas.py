@@ -69,7 +69,7 @@ def test_nn_ablation_needs_an_abnormal_reference_with_anomalous_patches(nn_featu
 
     maps, _ = nn_features
     adapter = NNAblationAdapter({"backbone": "lite0_imagenet", "input_size": 32}, stored_context(maps))
-    with pytest.raises(GadbenchError, match="needs an abnormal reference"):
+    with pytest.raises(GadbenchError, match="needs abnormal references"):
         adapter.set_references("c", keyed_references(["n0"], (32, 32)), None)
     empty = keyed_references(["a0"], (32, 32))
     empty.masks = torch.zeros(1, 32, 32)

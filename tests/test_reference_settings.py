@@ -36,7 +36,7 @@ def finished(tmp_path_factory, synthetic_root):
 
 def test_a_method_that_cannot_run_a_setting_is_n_a_with_its_reason_never_a_file_or_a_failure(finished, capsys):
     experiment_file, results = finished
-    files = {p.relative_to(results / "runs" / "clean").parts[:3] for p in (results / "runs").rglob("*.json")}
+    files = {p.relative_to(results / "runs" / "clean_block2").parts[:3] for p in (results / "runs").rglob("*.json")}
     assert ("nn_tiny", "any__tiny_objects", "N1+A1") not in files and ("iii_tiny", "any__tiny_objects", "N1") not in files
     main_table = pd.read_csv(results / "tables" / "tiny" / "main.csv")
     na = main_table[(main_table.method == "NN tiny") & (main_table.setting == "N1+A2")].iloc[0]
@@ -64,7 +64,7 @@ def test_the_abnormal_shots_table_has_one_column_per_j_and_intervals(finished):
 
 
 def _cell(results, method, setting):
-    return json.loads(next((results / "runs" / "clean" / method).glob(f"*/{setting}/seed0.json")).read_text())
+    return json.loads(next((results / "runs" / "clean_block2" / method).glob(f"*/{setting}/seed0.json")).read_text())
 
 
 def test_coverage_flags_follow_the_manifest_types(finished):

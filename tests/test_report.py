@@ -81,7 +81,7 @@ def test_the_report_never_retrains_a_model_whose_checkpoint_is_gone(tmp_path, sy
     nagl_cell = next(c for c in experiment.cells() if c.method.name == "nagl_tiny")
     finished = CellRecord(cell=runner.identity(nagl_cell), cell_key=runner.cell_key(nagl_cell), protocol=experiment.protocol,
                           status="done", checkpoint=str(tmp_path / "gone" / "model.pt"))
-    write_json_atomic(finished.to_json(), cell_path(tmp_path / "results", nagl_cell, experiment.protocol))
+    write_json_atomic(finished.to_json(), cell_path(tmp_path / "results", nagl_cell, experiment.runs_folder))
     panels = qualitative_maps(runner, experiment, collect(experiment, tmp_path / "results"), k=1, images_per_category=1)
     assert panels and all(maps["NAGL tiny"] == "checkpoint missing: rerun the cell" for _, _, _, maps, _ in panels)
     assert not (tmp_path / "results" / "checkpoints").exists()  # nothing was trained

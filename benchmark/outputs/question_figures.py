@@ -33,8 +33,8 @@ def auroc_against_j(experiment, frame: pd.DataFrame, targets: list[str]):
             part = long[(long.target == target) & (long.metric == metric) & (long.method == method) & (long.k == k)].sort_values("j")
             if part.empty:
                 continue
-            low = np.where(part.ci_low.notna(), part["mean"] - part.ci_low, 0)
-            high = np.where(part.ci_high.notna(), part.ci_high - part["mean"], 0)
+            low = np.clip(np.where(part.ci_low.notna(), part["mean"] - part.ci_low, 0), 0, None)  # a percentile interval
+            high = np.clip(np.where(part.ci_high.notna(), part.ci_high - part["mean"], 0), 0, None)  # may miss the mean
             axis.errorbar(part.j, part["mean"], yerr=[low, high], marker="o", markersize=3.5, capsize=2.5,
                           color=colours[methods.index(method) % len(colours)], linestyle=styles[k], label=f"{method}, N{k}")
         axis.set_xticks(sorted(long.j.unique()))

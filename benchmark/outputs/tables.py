@@ -72,7 +72,7 @@ def summarise(experiment: Experiment, frame: pd.DataFrame, targets: list[str], w
         row = {"setting": setting, "method": label, "k": int(part.k.iloc[0]),
                "random_weights": bool(part.random_weights.any()),
                "target_selected": bool(part.target_selected.any()), "rehearsal": bool(part.rehearsal.any()),
-               "limit": next((int(v) for v in part.limit if v), None)}
+               "limit": next((int(v) for v in part.limit if pd.notna(v) and v), None)}
         for target in targets:
             cells = _cells_for(frame, setting, method, target)
             done = cells[cells.status == DONE]

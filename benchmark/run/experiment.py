@@ -82,6 +82,13 @@ class Experiment:
     rehearsal: bool = False
 
     @property
+    def runs_folder(self) -> str:
+        """The folder of its cell files under results/runs/: the protocol, and for a clean
+        abnormal block other than 1 the block too (another block scores other queries)."""
+        block = self.protocol_options.get("abnormal_block", 1)
+        return self.protocol + (f"_block{block}" if self.protocol == "clean" and block != 1 else "")
+
+    @property
     def keyed_protocol_options(self) -> dict:
         """The protocol options as part of a cell's key: abnormal_block at its default (1) is left
         out, so cells computed before the option existed keep their keys."""

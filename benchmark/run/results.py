@@ -15,9 +15,10 @@ from benchmark.run.experiment import Cell, Experiment
 from benchmark.run.record import CellIdentity, CellRecord
 
 
-def cell_path(results_root: Path, cell: Cell, protocol: str) -> Path:
+def cell_path(results_root: Path, cell: Cell, runs_folder: str) -> Path:
+    """results/runs/<protocol folder (Experiment.runs_folder)>/<method>/<source>__<target>/<setting>/seed<s>.json"""
     pair = f"{cell.source}__{cell.target}".replace("*", "any")
-    return Path(results_root) / "runs" / protocol / cell.method.name / pair / cell.setting.label / f"seed{cell.seed}.json"
+    return Path(results_root) / "runs" / runs_folder / cell.method.name / pair / cell.setting.label / f"seed{cell.seed}.json"
 
 
 def _clean(value):
@@ -71,7 +72,7 @@ def recorded_cells(experiment: Experiment, results_root: Path) -> list[tuple[Cel
     pairs, targets, seeds = set(experiment.pairs), {t for _, t in experiment.pairs}, set(experiment.seeds)
     found = {}
     for method in experiment.methods:
-        folder = Path(results_root) / "runs" / experiment.protocol / method.name
+        folder = Path(results_root) / "runs" / experiment.runs_folder / method.name
         for path in sorted(folder.glob("*/*/seed*.json")):
             record = read_record(path)
             if record is None:
@@ -98,4 +99,6 @@ def cell_identity(cell: Cell, experiment: Experiment) -> CellIdentity:
 
 
 def not_applicable(cell: Cell, reason: str, experiment: Experiment) -> CellRecord:
-    return CellRecord.not_applicable(cell_identity(cell, experiment), experiment.protocol, reason)
+    record = CellRecord.not_applicable(cell_identity(cell, experiment), experiment.protocol, reason)
+    record.limit, record.rehearsal = experiment.limit, experiment.rehearsal  # its row is marked as the others
+    return record

@@ -72,7 +72,7 @@ class Runner:
         })
 
     def path(self, cell: Cell) -> Path:
-        return cell_path(self.results_root, cell, self.experiment.protocol)
+        return cell_path(self.results_root, cell, self.experiment.runs_folder)
 
     def is_finished(self, cell: Cell, report=None) -> bool:
         """Whether the cell's file records it done under today's cell key; `report` hears of a
