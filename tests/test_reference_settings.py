@@ -118,3 +118,19 @@ def test_the_report_shows_the_question_tables_and_auroc_against_j(finished):
     report = (results / "report.md").read_text()
     assert "**coverage (tiny" in report and "**abnormal_shots (tiny" in report and "n/a" in report
     assert "figures/tiny_auroc_against_j.png" in report and (results / "figures" / "tiny_auroc_against_j.png").stat().st_size > 0
+
+
+def test_under_the_official_protocol_every_anomalous_query_is_covered_by_construction(tmp_path, synthetic_root):
+    experiment = write_experiment(tmp_path / "official.yaml", synthetic_root, methods=[ABLATION], settings=["N1+A1"], seeds=[0],
+                                  pairs=[["tiny_textures", "tiny_objects"]], protocol="official",
+                                  tables={"coverage": {"targets": ["tiny_objects"], "kind": "coverage"}})
+    results = tmp_path / "results"
+    assert main(["run", "--experiment", str(experiment), "--results", str(results), "--no-progress"]) == 0
+    assert main(["tables", "--experiment", str(experiment), "--results", str(results)]) == 0
+    cell = json.loads(next((results / "runs" / "official").rglob("seed0.json")).read_text())
+    flags = [c for images in cell["per_image"].values() for c in images["covered"] if c is not None]
+    assert flags and all(flags) and cell["metrics"]["coverage"]["by_construction"] is True
+    assert cell["metrics"]["coverage"]["uncovered"]["anomalous"] == 0
+    long = pd.read_csv(results / "tables" / "tiny" / "coverage.csv")
+    assert (long[long.queries == "uncovered"].status == "none: covered by construction (official protocol)").all()
+    assert "by construction" in (results / "tables" / "tiny" / "coverage.tex").read_text()

@@ -19,8 +19,6 @@ import pandas as pd
 
 from pathlib import Path
 
-from tabulate import tabulate
-
 from benchmark.api.atomic import write_text
 from benchmark.data.settings import parse_setting
 from benchmark.outputs.rendered import RenderedTable, caption
@@ -182,11 +180,6 @@ def write(experiment, frame: pd.DataFrame, name: str, kind: str, targets: list[s
     spread = f"mean over seeds {seeds} [95 \\% bootstrap interval pooled over seeds]"
     write_text(latex(headers, rows, caption(experiment, name.replace("_", " "), spread), footnotes), tex_path)
     prefix = "REHEARSAL, not results: " if experiment.rehearsal else ""
-    shown = RenderedTable(f"{prefix}{name} ({experiment.name}, AUROC %, mean over seeds [95 % interval])", headers, rows, footnotes)
-    echo("\n" + shown.title)
-    echo(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    for note in footnotes:
-        echo(note)
-    if rendered is not None:
-        rendered.append(shown)
+    RenderedTable(f"{prefix}{name} ({experiment.name}, AUROC %, mean over seeds [95 % interval])", headers, rows,
+                  footnotes).show(echo, rendered)
     return [csv_path, tex_path]

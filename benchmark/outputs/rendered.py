@@ -16,6 +16,15 @@ class RenderedTable:
     rows: list[list[str]]
     footnotes: list[str]
 
+    def show(self, echo, rendered: list | None = None) -> None:
+        """Print it for the console, and append it to `rendered` (what the report shows) when given."""
+        echo("\n" + self.title)
+        echo(tabulate(self.rows, headers=self.headers, tablefmt="github", disable_numparse=True))
+        for note in self.footnotes:
+            echo(note)
+        if rendered is not None:
+            rendered.append(self)
+
     def markdown(self) -> list[str]:
         return [f"**{self.title}**", "", tabulate(self.rows, headers=self.headers, tablefmt="github", disable_numparse=True),
                 "", *[f"- {note}" for note in self.footnotes], ""]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
 from benchmark.api.atomic import write_text
 from benchmark.outputs import question_tables
@@ -245,14 +244,8 @@ def write_tables(experiment: Experiment, results_root: Path, echo=print, rendere
         headers = headers[:2] + [h.replace(t, displays[t], 1) for h in headers[2:] for t in targets if h.startswith(t + " ")] + headers[2 + 2 * len(targets):]
         prefix = "REHEARSAL, not results: " if experiment.rehearsal else ""
         spread = "mean ± std over seeds" if len(experiment.seeds) > 1 else "one seed: no spread"
-        shown = RenderedTable(f"{prefix}{table_name} ({experiment.name}, AUROC %, {spread}; * best of its shot group)",
-                              headers, rows, footnotes)
-        echo("\n" + shown.title)
-        echo(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-        for note in footnotes:
-            echo(note)
-        if rendered is not None:
-            rendered.append(shown)
+        RenderedTable(f"{prefix}{table_name} ({experiment.name}, AUROC %, {spread}; * best of its shot group)",
+                      headers, rows, footnotes).show(echo, rendered)
     for target in sorted(set(frame.target)):
         per_category = per_category_table(experiment, frame, target)
         if per_category.empty:
