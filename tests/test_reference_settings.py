@@ -10,7 +10,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.outputs.golden import current_values
-from benchmark.run.coverage import category_coverage, coverage_flags
+from benchmark.run.coverage import category_coverage, cell_coverage, coverage_flags
 from benchmark.run.experiment import load_experiment
 from conftest import write_experiment
 
@@ -134,3 +134,20 @@ def test_under_the_official_protocol_every_anomalous_query_is_covered_by_constru
     long = pd.read_csv(results / "tables" / "tiny" / "coverage.csv")
     assert (long[long.queries == "uncovered"].status == "none: covered by construction (official protocol)").all()
     assert "by construction" in (results / "tables" / "tiny" / "coverage.tex").read_text()
+
+
+def test_a_cell_part_is_the_mean_over_the_categories_that_have_it_with_counts_and_intervals():
+    """Two constructed categories: 'a' has a covered and an uncovered defect, 'b' only a covered one."""
+    a = category_coverage("a", 0, ["n1", "n2", "c", "u"], [0, 0, 1, 1], [0.1, 0.3, 0.9, 0.2], [None, None, True, False], None)
+    b = category_coverage("b", 0, ["n1", "n2", "c1", "c2"], [0, 0, 1, 1], [0.2, 0.4, 0.3, 0.5], [None, None, True, True], None)
+    cell = cell_coverage({"a": a, "b": b}, by_construction=False)
+    covered, uncovered = cell["covered"], cell["uncovered"]
+    assert (covered["anomalous"], covered["categories"], uncovered["anomalous"], uncovered["categories"]) == (3, 2, 1, 1)
+    assert covered["image_auroc"] == pytest.approx((1.0 + 0.75) / 2)  # a: 0.9 beats both; b: 3 of its 4 pairs
+    assert uncovered["image_auroc"] == pytest.approx(0.5)  # 0.2 beats 0.1, loses to 0.3
+    low, high = covered["image_auroc_interval"]
+    assert 0 <= low <= high <= 1 and len(covered["bootstrap"]["image_auroc"]) == 1000
+    assert covered["pixel_auroc"] is None and covered["pixel_auroc_interval"] is None  # no maps, no pixel value
+    nothing = cell_coverage({"b": b}, by_construction=True)
+    assert nothing["uncovered"] == {"anomalous": 0, "categories": 0} and nothing["by_construction"] is True
+

@@ -1,5 +1,6 @@
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -218,3 +219,29 @@ def test_official_abnormal_references_are_the_seed_th_slice_of_j_sorted_files_pe
     with pytest.raises(GadbenchError, match=f"defect type '{short}' has {counts[short]} test images; the official protocol's"
                                             f" {j} abnormal reference\\(s\\) for seed 1 need {2 * j}"):
         _manifest(data, tmp_path, f"N1+A{j}", 1, protocol="official")
+
+
+def test_the_clean_block_follows_its_documented_draw_and_skips_empty_masks(data, tmp_path):
+    """Re-derived from docs/protocol.md: generator default_rng([seed, crc32(category)]); a defect
+    type uniformly among the sorted types, then a file uniformly among its sorted files; a file
+    whose mask is empty is never taken, and the block still fills from the others."""
+    import zlib
+
+    from benchmark.data.reference_rules import clean_abnormal_block
+
+    root, table = data
+    defects = table[(table.category == "washer") & (table.label == 1)]
+    types = sorted(defects.defect.unique())
+    rng = np.random.default_rng([0, zlib.crc32(b"washer")])
+    first_type = types[rng.integers(len(types))]
+    files = sorted(defects[defects.defect == first_type].path)
+    expected_first = files[rng.integers(len(files))]
+    block = clean_abnormal_block(table, "washer", 0, 127, block=4)
+    assert block[0].path == expected_first
+    from PIL import Image
+
+    emptied = block[1]
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(emptied["mask"])))).save(emptied["mask"])
+    again = clean_abnormal_block(table, "washer", 0, 127, block=len(defects) - 1)
+    assert again[0].path == expected_first and emptied.path not in {r.path for r in again}
+    assert len(again) == len(defects) - 1 and len({r.path for r in again}) == len(again)
