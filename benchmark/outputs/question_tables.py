@@ -72,16 +72,7 @@ def abnormal_shots(experiment, frame: pd.DataFrame, targets: list[str]):
     position = {t: i for i, t in enumerate(targets)}  # rows: targets as listed, methods as run, then k (Nall last)
     long = long.assign(first=long.target.map(position), second=long.method.map({m: i for i, m in enumerate(dict.fromkeys(long.method))}))
     long = long.sort_values(["first", "second", "order"], kind="stable").drop(columns=["first", "second", "order"])
-    js = sorted(long.j.unique())
-    headers = ["Target", "Method", "k"] + [f"A{j} {short}" for _, short in METRICS for j in js]
-    rows = []
-    for (target, method, k), part in long.groupby(["target", "method", "k"], sort=False):
-        line = [experiment.datasets[target].label, method, k]
-        for metric, _ in METRICS:
-            for j in js:
-                value = part[(part.metric == metric) & (part.j == j)]
-                line.append(shown(value.iloc[0].to_dict()) if len(value) else "")
-        rows.append(line)
+    headers, rows = _wide(experiment, long, ["Target", "Method", "k"], ["target", "method", "k"], "j", "A{}")
     notes = _footnotes(long) + (["blank: not a setting of this experiment"] if any("" in row for row in rows) else [])
     return long, headers, rows, notes
 
@@ -142,17 +133,24 @@ def proxies(experiment, frame: pd.DataFrame, targets: list[str]):
     long = pd.DataFrame(long)
     if long.empty:
         return long, [], [], []
-    counts = sorted(long.proxies.unique())
-    headers = ["Target", "Setting"] + [f"M={m} {short}" for _, short in METRICS for m in counts]
+    headers, rows = _wide(experiment, long, ["Target", "Setting"], ["target", "setting"], "proxies", "M={}")
+    return long, headers, rows, _footnotes(long)
+
+
+def _wide(experiment, long: pd.DataFrame, names: list[str], keys: list[str], column: str, label: str):
+    """The long rows as a wide view: a row per `keys` (the first is the target), a column per
+    (metric, value of `column`); '' where the experiment has no such setting."""
+    values = sorted(long[column].unique())
+    headers = names + [f"{label.format(v)} {short}" for _, short in METRICS for v in values]
     rows = []
-    for (target, setting), part in long.groupby(["target", "setting"], sort=False):
-        line = [experiment.datasets[target].label, setting]
+    for group, part in long.groupby(keys, sort=False):
+        line = [experiment.datasets[group[0]].label, *group[1:]]
         for metric, _ in METRICS:
-            for m in counts:
-                value = part[(part.metric == metric) & (part.proxies == m)]
+            for v in values:
+                value = part[(part.metric == metric) & (part[column] == v)]
                 line.append(shown(value.iloc[0].to_dict()) if len(value) else "")
         rows.append(line)
-    return long, headers, rows, _footnotes(long)
+    return headers, rows
 
 
 BUILDERS = {"abnormal_shots": abnormal_shots, "coverage": coverage, "proxies": proxies}

@@ -16,9 +16,9 @@ from test_nagl_official import official_model
 CASES = ["forward_k1_a2", "forward_n0_a1", "forward_n0_a2"]
 
 
-def official_forward(case: dict, **switches) -> dict:
+def official_forward(case: dict, reference_positions: str = "official") -> dict:
     """The case through this project's model as the adapter runs it: references first, then the query."""
-    model = official_model(reference_positions="official", **switches)
+    model = official_model(reference_positions=reference_positions)
     grid = tuple(case["grid"])
     abnormal = features(case, "abnormal")  # [1, A, N, C]
     patch_mask = downsample_mask(case["abnormal_mask"][0].float(), grid, model.mask_downsample)  # [A, N]
@@ -46,21 +46,11 @@ def test_with_two_references_the_official_position_layout_is_not_the_per_referen
     """The code lays the RM positions out (h w n) against (n h w) keys: with one reference both
     layouts agree, with two only `reference_positions: official` reproduces it."""
     two = load("forward_k1_a2")
-    torch.testing.assert_close(_with_positions(two, "official"), two["score"], atol=2e-6, rtol=0)
-    per_reference = _with_positions(two, "per-reference")
+    torch.testing.assert_close(official_forward(two)["score"], two["score"], atol=2e-6, rtol=0)
+    per_reference = official_forward(two, "per-reference")["score"]
     assert (per_reference - two["score"]).abs().max() > 1e-4
     one = load("forward_n0_a1")
-    torch.testing.assert_close(_with_positions(one, "per-reference"), one["score"], atol=2e-6, rtol=0)
-
-
-def _with_positions(case: dict, layout: str) -> torch.Tensor:
-    model = official_model(reference_positions=layout)
-    grid = tuple(case["grid"])
-    abnormal = features(case, "abnormal")
-    patch_mask = downsample_mask(case["abnormal_mask"][0].float(), grid, model.mask_downsample)
-    normal = (features(case, "normal").reshape(1, -1, abnormal.shape[-1]) if case["k"]
-              else model.normal_from_abnormal(abnormal[0], patch_mask))
-    return model(features(case, "query"), normal, grid, abnormal, patch_mask[None], abnormal_only=not case["k"])["score"]
+    torch.testing.assert_close(official_forward(one, "per-reference")["score"], one["score"], atol=2e-6, rtol=0)
 
 
 @torch.no_grad()
