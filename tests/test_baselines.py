@@ -117,6 +117,9 @@ def tiny_clip(tmp_path):
     open_clip.add_model_config(FIXTURES / "tiny-clip.json")
     torch.manual_seed(0)
     model = open_clip.create_model("tiny-clip")
+    with torch.no_grad():  # weights that no random initialisation gives: the file's must be the ones used
+        for parameter in model.parameters():
+            parameter.add_(0.01)
     path = tmp_path / "weights" / "tiny-clip.pt"
     path.parent.mkdir()
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
@@ -126,11 +129,16 @@ def tiny_clip(tmp_path):
 
 
 def test_winclip_loads_the_local_weights_file(tmp_path, tiny_clip):
+    from open_clip import factory
+
     config, reference = tiny_clip
-    adapter = WinCLIPAdapter(config, context(tmp_path))
+    factory._MODEL_CONFIGS.pop("tiny-clip")  # as in a fresh process: the adapter registers the architecture itself
+    adapter = WinCLIPAdapter({**config, "scales": [2]}, context(tmp_path))
     loaded = adapter.model.clip.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
-    assert adapter.describe()["weights_sha256"] == config["weights"]["sha256"]
+    described = adapter.describe()
+    assert described["weights_sha256"] == config["weights"]["sha256"] and described["scales"] == [2]
+    assert described["parameters_total"] == sum(p.numel() for p in reference.parameters())  # nothing trainable
 
 
 def test_winclip_prompt_ensemble_counts():
@@ -204,3 +212,52 @@ def test_list_and_weights_show_both_adapters(capsys, tmp_path):
     assert "wide_resnet50_2-95faca4d.pth" in out and "vit_b_16_plus_240-laion400m_e31-8fb26589.pt" in out
     assert "missing" in out and "download.pytorch.org" in out
     assert re.search(r"efficientnet-lite0-57934424.pth\s+ok", out)
+
+
+def test_patchcore_pairwise_l2_equals_scipy_below_one_too():
+    from scipy.spatial.distance import cdist
+
+    from baselines.patchcore_model import _pairwise_l2
+
+    a = torch.tensor([[0.0, 0.0], [0.3, 0.4], [3.0, 4.0]], dtype=torch.float64)
+    b = torch.tensor([[0.0, 0.1], [0.3, 0.4]], dtype=torch.float64)
+    assert torch.allclose(_pairwise_l2(a, b), torch.from_numpy(cdist(a.numpy(), b.numpy())), atol=1e-7)
+
+
+def test_patchcore_approximate_greedy_without_projection_is_farthest_point_traversal():
+    """A bank already of the projection's width is not projected; fewer rows than starts take
+    every row as a start; then each pick is the row farthest from all picked (numpy by hand)."""
+    from scipy.spatial.distance import cdist
+
+    from baselines.patchcore_model import approximate_greedy_indices
+
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(6, 4))
+    np.random.seed(5)
+    chosen = approximate_greedy_indices(torch.from_numpy(bank), 4, starts=10, projection=4)
+    np.random.seed(5)
+    starts = np.random.choice(6, 6, replace=False)
+    distance = cdist(bank, bank[starts]).mean(axis=1)
+    expected = []
+    for _ in range(4):
+        expected.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, cdist(bank, bank[expected[-1:]])[:, 0])
+    assert chosen.tolist() == expected and chosen.dtype == np.int64
+
+
+def test_patchcore_embedding_with_a_five_neighbourhood_equals_a_loop():
+    """official_embedding at n = 5 (zero padding 2): each position's C x 5 x 5 values, channel-major,
+    average-pooled to `dimension` bins as adaptive pooling bins them."""
+    from baselines.patchcore_model import official_embedding
+
+    rng = np.random.default_rng(0)
+    level = rng.normal(size=(1, 2, 4, 3))
+    padded = np.pad(level[0], ((0, 0), (2, 2), (2, 2)))
+    dimension = 7
+    out = official_embedding([torch.from_numpy(level)], 5, dimension)
+    length = 2 * 25
+    for y in range(4):
+        for x in range(3):
+            values = padded[:, y:y + 5, x:x + 5].reshape(-1)
+            bins = [values[(i * length) // dimension: -(-(i + 1) * length // dimension)].mean() for i in range(dimension)]
+            assert np.allclose(out[0, :, y, x].numpy(), bins)

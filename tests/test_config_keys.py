@@ -52,3 +52,15 @@ def test_a_misspelt_training_key_is_refused_too(tmp_path, synthetic_root, capsys
     code = main(["run", "-e", str(experiment), "--results", str(tmp_path / "results"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "unknown training key 'epochz'" in err and "'epochs'" in err
+
+
+def test_deep_merge_overrides_key_by_key_and_never_shares_the_base():
+    from benchmark.config import deep_merge
+
+    base = {"backbone": "lite0", "training": {"epochs": 6, "milestones": [3, 5], "seed": 111}, "layers": [2, 3]}
+    merged = deep_merge(base, {"training": {"epochs": 20, "extra": {"a": 1}}, "layers": [1], "proxies": 5})
+    assert merged == {"backbone": "lite0", "training": {"epochs": 20, "milestones": [3, 5], "seed": 111, "extra": {"a": 1}},
+                      "layers": [1], "proxies": 5}
+    merged["training"]["milestones"].append(9)
+    assert base["training"]["milestones"] == [3, 5]  # a deep copy: editing the result leaves the base alone
+    assert deep_merge({"training": None}, {"training": {"epochs": 2}}) == {"training": {"epochs": 2}}

@@ -204,3 +204,21 @@ def test_target_selection_keeps_the_last_of_equal_epochs_and_falls_back_to_the_l
     never = train_nagl(NAGL(dim=32, heads=4, proxies=3), bank, TrainConfig(**base, selection_start_epoch=5), tmp_path / "b",
                        "h", select=lambda model, epoch: pytest.fail("no epoch reaches the start"))
     assert never["epoch"] == 2  # nothing selected: the last epoch
+
+
+@pytest.mark.parametrize("grid,antialias", [((6, 5), False), ((3, 2), True)], ids=["up, non-square", "down, antialiased"])
+def test_dinov2_resize_without_offset_is_a_bicubic_resize_to_the_grid(grid, antialias):
+    """The hub's branch for interpolate_offset = 0: size=(h, w) instead of scale factors; checked
+    against torchvision's resize of the same square grid (rows = height), the class token kept."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    from benchmark.features.pos_embed import dinov2_hub_resize
+
+    torch.manual_seed(0)
+    pos_embed = torch.randn(1, 1 + 16, 3)
+    out = dinov2_hub_resize(pos_embed, grid, offset=0, antialias=antialias)
+    square = pos_embed[0, 1:].reshape(4, 4, 3).permute(2, 0, 1)
+    expected = resize(square, list(grid), interpolation=InterpolationMode.BICUBIC, antialias=antialias)
+    assert torch.equal(out[0, :1], pos_embed[0, :1])
+    torch.testing.assert_close(out[0, 1:], expected.permute(1, 2, 0).reshape(-1, 3), atol=1e-6, rtol=1e-6)

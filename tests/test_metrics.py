@@ -6,13 +6,13 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from benchmark.run.metrics import image_metrics, pixel_metrics
 
 
-def plain_aupro(masks, maps, limit=0.3):
+def plain_aupro(masks, maps, limit=0.3, structure=np.ones((3, 3))):
     """Independent AUPRO: loop over every distinct threshold, per-region overlap, trapezoid to `limit`."""
     labels = np.concatenate([m.ravel() for m in masks])
     scores = np.concatenate([a.ravel() for a in maps])
     regions = []
     for mask, amap in zip(masks, maps):
-        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        labelled, count = ndimage.label(mask, structure=structure)
         regions += [amap[labelled == r] for r in range(1, count + 1)]
     normal_scores = scores[labels == 0]
     points = [(0.0, 0.0)]
@@ -100,3 +100,54 @@ def test_float32_maps_give_the_float64_values(rng):
     as32 = pixel_metrics(masks, [m.astype(np.float32) for m in maps])
     as64 = pixel_metrics(masks, [m.astype(np.float32).astype(np.float64) for m in maps])
     assert as32 == pytest.approx(as64, abs=1e-12)
+
+
+def test_pixel_f1_max_equals_sklearn_and_regions_join_diagonally(rng):
+    """PRO's regions are 8-connected (the MVTec AD evaluation code's structure): two defect
+    pixels that touch at a corner are one region, which the plain AUPRO above also counts so."""
+    masks, maps = _masks_and_maps(rng)
+    masks[1][10, 10] = masks[1][11, 11] = masks[1][12, 10] = True  # one region by corners, three by edges
+    maps[1][10, 10], maps[1][11, 11], maps[1][12, 10] = 0.95, 0.05, 0.05
+    metrics = pixel_metrics(masks, maps)
+    labels = np.concatenate([m.ravel() for m in masks])
+    scores = np.concatenate([a.ravel() for a in maps])
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    assert metrics["pixel_f1_max"] == pytest.approx(np.nanmax(2 * precision * recall / np.maximum(precision + recall, 1e-12)),
+                                                    abs=1e-12)
+    assert metrics["pixel_aupro"] == pytest.approx(plain_aupro(masks, maps), abs=1e-9)
+    assert metrics["pixel_aupro"] != pytest.approx(plain_aupro(masks, maps, structure=None), abs=1e-6)  # 4-connected
+
+
+def test_pixel_metrics_without_both_classes_are_not_applicable():
+    keys = {"pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}
+    for masks, maps in (([], []), ([np.zeros((3, 3), bool)], [np.ones((3, 3))]), ([np.ones((3, 3), bool)], [np.ones((3, 3))])):
+        metrics = pixel_metrics(masks, maps)
+        assert set(metrics) == keys and all(np.isnan(v) for v in metrics.values())
+
+
+def test_float64_maps_are_ranked_in_float64():
+    """Scores that differ below float32's resolution keep their order (no silent cast)."""
+    mask = np.array([[True, False, False, False]])
+    amap = np.array([[1.0 + 1e-12, 1.0, 0.5, 0.2]])
+    assert pixel_metrics([mask], [amap])["pixel_auroc"] == 1.0  # as float32 the first two tie: 5/6
+
+
+def test_auroc_takes_any_nonzero_label_as_anomalous():
+    from benchmark.run.metrics import auroc
+
+    assert auroc([0, 2, 0, 7], [0.1, 0.9, 0.2, 0.8]) == roc_auc_score([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 1.0
+    assert auroc([0, 2, 0, 7], [0.9, 0.1, 0.2, 0.8]) == roc_auc_score([0, 1, 0, 1], [0.9, 0.1, 0.2, 0.8])
+
+
+def test_region_weights_are_one_over_regions_times_region_size():
+    from benchmark.run.metrics import region_weights
+
+    first = np.zeros((4, 4), np.uint8)
+    first[0, 0] = first[1, 1] = 1  # one region of 2 (corners touch)
+    first[3, 1:4] = 1  # one region of 3
+    second = np.zeros((2, 2), bool)
+    second[1, 1] = True  # one region of 1
+    weights = region_weights([first, np.zeros((3, 3), bool), second])
+    # pixel order: the masks' defect pixels row by row, image after image
+    assert weights.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 9, 1 / 9, 1 / 9, 1 / 3], abs=1e-15)
+    assert region_weights([np.zeros((2, 2), bool)]).shape == (0,)

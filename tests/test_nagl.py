@@ -235,3 +235,55 @@ def test_n0_episodes_run_one_by_one_as_the_adapter_scores_them():
         torch.testing.assert_close(batch["score"][b], alone["score"][0])
         torch.testing.assert_close(batch["s_n"][b], 1 - batch["s_a"][b])
         torch.testing.assert_close(batch["score"][b], batch["s_a"][b])
+
+
+def test_the_image_losses_in_closed_form_with_saturated_scores():
+    """code: cross-entropy of [1 - s, s] with s the mean of the top 20 patch scores; paper: binary
+    cross-entropy of the top-1 % mean, clamped to [1e-6, 1 - 1e-6] (so a saturated score costs
+    -log(1e-6), not infinity). The pixel term is weighted 0 here."""
+    import math
+
+    scores = torch.full((3, 200), 0.1)
+    scores[0, :2] = 1.0  # top 1 % (2 patches) saturated, labelled normal
+    scores[1, :] = 0.0  # all zero, labelled anomalous
+    scores[2, :30] = torch.linspace(0.9, 0.3, 30)
+    labels = torch.tensor([0, 1, 1])
+    grid = (10, 20)
+    output = {"score": scores, "s_n": torch.zeros(3, 200), "s_a": torch.zeros(3, 200)}
+    masks = torch.zeros(3, 10, 20)
+    paper = TrainConfig(k_normal=1, image_loss="paper", pixel_loss_weight=0.0)
+    bce = lambda s, y: -math.log(s) if y else -math.log(1 - s)  # noqa: E731
+    top1 = [1.0, 0.0, (0.9 + scores[2, 1].item()) / 2]
+    low, high = (float(np.float32(v)) for v in (1e-6, 1 - 1e-6))  # the clamp's bounds in float32
+    clamped = [min(max(s, low), high) for s in top1]
+    expected_paper = sum(bce(s, y) for s, y in zip(clamped, [0, 1, 1])) / 3
+    assert episode_loss(output, masks, labels, grid, paper)[0].item() == pytest.approx(expected_paper, rel=1e-5)
+    top20 = [(2 * 1.0 + 18 * scores[0, 5].item()) / 20, 0.0, scores[2, :20].double().mean().item()]
+    ce = lambda s, y: -math.log(math.exp(s if y else 1 - s) / (math.exp(s) + math.exp(1 - s)))  # noqa: E731
+    expected_code = sum(ce(s, y) for s, y in zip(top20, [0, 1, 1])) / 3
+    code = TrainConfig(k_normal=1, image_loss="code", pixel_loss_weight=0.0)
+    assert episode_loss(output, masks, labels, grid, code)[0].item() == pytest.approx(expected_code, rel=1e-5)
+
+
+def test_an_epoch_steps_once_per_started_batch_with_the_configured_episodes():
+    """ceil(episodes_per_epoch / batch_size) optimizer steps, each on batch_size episodes drawn
+    with the configured sampler and number of abnormal references; at k = 0 a batch of one
+    episode runs alone and keeps its outputs."""
+    from unittest import mock
+
+    import nagl.train as train_module
+
+    bank = tiny_bank()
+    config = TrainConfig(k_normal=1, k_abnormal=2, episode_sampler="official", episodes_per_epoch=9, batch_size=4)
+    model = make_model()
+    optimizer, _ = train_module.make_optimizer(model, config)
+    real = train_module.sample_episode
+    with mock.patch.object(train_module, "sample_episode",
+                           side_effect=lambda rng, b, k, c, sampler, j: real(rng, b, k, c, "clean", 1)) as draw, \
+            mock.patch.object(optimizer, "step", wraps=optimizer.step) as step:
+        train_module.train_epoch(model, bank, config, optimizer, np.random.default_rng(0), bank.usable_categories(1))
+    assert step.call_count == 3 and draw.call_count == 12
+    assert {(call.args[4], call.args[5]) for call in draw.call_args_list} == {("official", 2)}
+    episode = sample_episode(np.random.default_rng(2), bank, 0, bank.usable_categories(0))
+    alone = run_episodes(make_model(), bank, [episode], torch.device("cpu"))
+    assert alone["score"].shape == (1, 64) and alone["s_a"].shape == (1, 64)

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -245,3 +246,25 @@ def test_the_clean_block_follows_its_documented_draw_and_skips_empty_masks(data,
     again = clean_abnormal_block(table, "washer", 0, 127, block=len(defects))  # more than there are: it stops at the others
     assert again[0].path == expected_first and emptied.path not in {r.path for r in again}
     assert len(again) == len(defects) - 1 and len({r.path for r in again}) == len(again)
+
+
+def test_a_limit_keeps_normal_and_anomalous_queries_alternately_in_path_order():
+    from benchmark.data.references import Plan, QueryGroup, limit_queries
+
+    def rows(*items):
+        return pd.DataFrame([{"path": p, "label": label} for p, label in items])
+
+    first = QueryGroup([], rows(("n3", 0), ("a2", 1), ("n1", 0)))
+    second = QueryGroup([{"path": "ref"}], rows(("a1", 1), ("n2", 0), ("n4", 0), ("n5", 0)))
+    plan = Plan(Path("m.csv"), rows(("r", 0)), [first, second], 3)
+    kept = lambda p: [list(g.queries.path) for g in p.groups]  # noqa: E731
+    assert kept(limit_queries(plan, 2)) == [["n1"], ["a1"]]
+    five = limit_queries(plan, 5)  # n1 a1 n2 a2, then the longer list goes on: n3
+    assert sorted(p for group in kept(five) for p in group) == ["a1", "a2", "n1", "n2", "n3"]
+    assert kept(five) == [["n3", "a2", "n1"], ["a1", "n2"]]  # each group keeps its own rows, in its own order
+    only_normal = limit_queries(Plan(Path("m.csv"), plan.normal, [first], 0), 1)
+    assert kept(only_normal) == [["n1"]]
+    assert kept(limit_queries(Plan(Path("m.csv"), plan.normal, [QueryGroup([], rows(("a9", 1), ("a8", 1)))], 0), 1)) == [["a8"]]
+    dropped = limit_queries(plan, 1)  # a group left without a query is dropped, the rest kept whole
+    assert kept(dropped) == [["n1"]] and dropped.groups[0].abnormal == [] and dropped.removed_from_queries == 3
+    assert dropped.normal is plan.normal and dropped.manifest_path == Path("m.csv")

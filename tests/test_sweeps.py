@@ -58,3 +58,14 @@ def test_a_wrong_sweep_is_one_line_naming_the_file_and_key(tmp_path, synthetic_r
 def test_the_probe_experiment_sweeps_the_proxies():
     data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "experiments" / "nagl_probes_mini.yaml").read_text())
     assert {"use": "nagl_lite0_paper", "sweep": {"proxies": [8]}} in data["methods"]
+
+
+def test_a_dotted_key_creates_missing_levels_and_list_values_name_the_variant():
+    from benchmark.run.sweeps import _shown, with_value
+
+    config = {"training": {"epochs": 6}}
+    assert with_value(config, "training.schedule.milestones", [3, 5]) == {
+        "training": {"epochs": 6, "schedule": {"milestones": [3, 5]}}}
+    assert with_value({}, "a.b.c", 1) == {"a": {"b": {"c": 1}}}
+    assert config == {"training": {"epochs": 6}}  # the method's own config is left alone
+    assert _shown([2, 3]) == "2-3" and _shown((448, 518)) == "448-518" and _shown(0.5) == "0.5"

@@ -79,7 +79,7 @@ def _curve(scores: np.ndarray, labels: np.ndarray, *positive_weights: np.ndarray
 def auroc(labels, scores) -> float:
     """ROC AUC of any labelled scores (images or flattened pixels); NaN with one class only."""
     labels = np.asarray(labels).ravel().astype(bool)
-    if labels.size == 0 or labels.all() or not labels.any():
+    if labels.all() or not labels.any():  # one class only (an empty array has no positive)
         return math.nan
     return _curve(np.asarray(scores).ravel(), labels).auroc()
 
@@ -93,7 +93,7 @@ def image_metrics(labels, scores) -> dict:
     return {"image_auroc": curve.auroc(), "image_ap": curve.average_precision(), "image_f1_max": curve.f1_max()}
 
 
-def region_weights(masks: list[np.ndarray]) -> tuple[np.ndarray, int]:
+def region_weights(masks: list[np.ndarray]) -> np.ndarray:
     """For every defect pixel (in the order of the masks' defect pixels, image after image):
     1 / (number of regions * size of its region). Summed over the pixels above a threshold this
     is the mean per-region overlap (PRO) at that threshold; normal pixels carry no weight."""
@@ -106,7 +106,7 @@ def region_weights(masks: list[np.ndarray]) -> tuple[np.ndarray, int]:
             per_region = np.zeros_like(sizes, dtype=np.float64)
             per_region[1:] = 1.0 / (total_regions * sizes[1:])
             out.append(per_region[regions[np.asarray(mask, dtype=bool)]])
-    return (np.concatenate(out) if out else np.zeros(0)), total_regions
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def aupro_from_curve(fpr: np.ndarray, pro: np.ndarray, limit: float = AUPRO_FPR_LIMIT) -> float:
@@ -137,9 +137,8 @@ def pixel_metrics(masks: list[np.ndarray], maps: list[np.ndarray]) -> dict:
     scores = np.concatenate([np.asarray(a, dtype=dtype).ravel() for a in maps])
     if labels.all() or not labels.any():
         return nan
-    weights, regions = region_weights(masks)
-    curve = _curve(scores, labels, weights)
-    aupro = aupro_from_curve(*curve.staircase(curve.extra[0], curve.extra[0][-1])) if regions else math.nan
+    curve = _curve(scores, labels, region_weights(masks))
+    aupro = aupro_from_curve(*curve.staircase(curve.extra[0], curve.extra[0][-1]))  # a defect pixel makes a region
     return {"pixel_auroc": curve.auroc(), "pixel_ap": curve.average_precision(), "pixel_f1_max": curve.f1_max(),
             "pixel_aupro": aupro}
 

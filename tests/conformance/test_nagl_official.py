@@ -50,6 +50,11 @@ def test_official_weights_load_strictly_and_the_parameter_count_matches():
     assert sum(p.numel() for p in model.parameters()) == 2_378_112
     with pytest.raises(ValueError, match="unknown official NAGL parameter"):
         from_official_state_dict({"rm_xx.weight": torch.zeros(1)})
+    # a DDP checkpoint with its backbone: prefixes stripped, the backbone's keys dropped wherever they come
+    plain = from_official_state_dict(official_weights())
+    wrapped = {"module.vision_encoder.blocks.0.weight": torch.zeros(2),
+               **{f"module.{k}": v for k, v in official_weights().items()}, "vision_encoder.norm.bias": torch.zeros(2)}
+    assert from_official_state_dict(wrapped).keys() == plain.keys()
 
 
 @pytest.mark.parametrize("name", FORWARD_CASES)
