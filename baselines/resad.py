@@ -43,7 +43,7 @@ from benchmark.api import (NORMAL, FeatureAdapter, GadbenchError, ImageBatch, Pr
 TRAINER_VERSION = 4
 TRAINING_KEYS = {"epochs", "first_stage_epochs", "batch_size", "learning_rate", "weight_decay", "milestones",
                  "flow_rows_per_step", "flow_updates", "stage2_flow_loss", "boundary_beta", "boundary_margin",
-                 "push_pull_weight", "train_reference_shot", "margin", "seed"}
+                 "push_pull_weight", "train_reference_shot", "margin", "seed", "batches_per_epoch"}
 
 
 class ResADAdapter(TrainedAdapter, FeatureAdapter):
@@ -67,13 +67,15 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
                      "flow_updates": "per-chunk",  # per-batch: one step on at most flow_rows_per_step rows
                      "stage2_flow_loss": "code",  # paper: a hinge `margin` below the normal mean
                      "boundary_beta": 0.05, "boundary_margin": 0.1, "push_pull_weight": 1.0,
-                     "train_reference_shot": 4, "margin": 0.1, "seed": 0},
+                     "train_reference_shot": 4, "margin": 0.1, "seed": 0,
+                     "batches_per_epoch": None},  # None: every batch of the epoch, as the code
         "allow_random_weights": False,
     }
 
-    # two epochs, one of each stage; one flow step per level and batch, so that every level trains
+    # two epochs, one of each stage, of one batch each; one flow step per level and batch, so that
+    # every level trains
     rehearsal_config = {"training": {"epochs": 2, "first_stage_epochs": 1, "batch_size": 4, "milestones": [1],
-                                     "flow_updates": "per-batch", "flow_rows_per_step": 1024}}
+                                     "flow_updates": "per-batch", "flow_rows_per_step": 1024, "batches_per_epoch": 1}}
 
     def __init__(self, config, context):
         super().__init__(config, context)
@@ -135,7 +137,8 @@ class ResADAdapter(TrainedAdapter, FeatureAdapter):
             images = normals if first_stage else table  # stage 2: train + test, with the anomalies
             order = rng.permutation(len(images))
             losses = []
-            for start in range(0, max(1, len(order) - training["batch_size"] + 1), training["batch_size"]):  # drop_last, as the code
+            starts = range(0, max(1, len(order) - training["batch_size"] + 1), training["batch_size"])  # drop_last, as the code
+            for start in starts[:training["batches_per_epoch"]]:  # [:None]: every batch
                 rows = images.iloc[order[start:start + training["batch_size"]]]
                 losses.append(self._train_step(model, rows, pools, source, rng, *optimizers, schedule, first_stage))
             for scheduler in schedulers:

@@ -117,3 +117,19 @@ def test_two_trainings_after_different_global_numpy_states_give_identical_weight
         weights.append(torch.load(checkpoint, weights_only=True)["state_dict"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("cap", [None, 1])
+def test_an_epoch_takes_every_full_batch_unless_capped(tmp_path, synthetic_root, cap):
+    """Stage 1 runs over train/good, stage 2 over train and test, in full batches (the code's
+    drop_last); batches_per_epoch (the rehearsal's) keeps the first of them."""
+    from unittest import mock
+
+    domain = training_data("objects", read_mvtec(synthetic_root / "objects"))
+    model = adapter(tmp_path, training={**TINY["training"], "epochs": 2, "batches_per_epoch": cap})
+    with mock.patch.object(ResADAdapter, "_train_step", return_value=0.0) as step:
+        fit_source(model, domain, tmp_path / "ckpt", parse_setting("N1"))
+    table = domain.table
+    normals = ((table.split == "train") & (table.label == 0)).sum()
+    full = [normals // 6, len(table) // 6]
+    assert step.call_count == (2 if cap else sum(full)) and min(full) > 1
