@@ -18,8 +18,6 @@ fi
 for experiment in "${gate[@]}"; do
   gadbench run --experiment "$experiment" --results results/ci --no-progress
 done
-status=0
-for experiment in "${gate[@]}"; do
-  gadbench check --experiment "$experiment" --results results/ci || status=1
-done
-exit $status
+# without an experiment, `check` is the gate itself: every experiment with a golden file whose
+# data is here, in one process
+gadbench check --results results/ci
