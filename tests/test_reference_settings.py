@@ -151,3 +151,33 @@ def test_a_cell_part_is_the_mean_over_the_categories_that_have_it_with_counts_an
     nothing = cell_coverage({"b": b}, by_construction=True)
     assert nothing["uncovered"] == {"anomalous": 0, "categories": 0} and nothing["by_construction"] is True
 
+
+
+def test_a_parts_pixel_auroc_is_that_of_its_images_quantised_maps():
+    """With maps, each part's pixel AUROC is scikit-learn's on the part's images' quantised maps
+    (the normal queries' pixels and the part's defect images' pixels); a category whose part has
+    anomalous but no normal query has no such part, and the loop goes on to the next part."""
+    from sklearn.metrics import roc_auc_score
+
+    from benchmark.run.intervals import pixel_histograms
+
+    rng = np.random.default_rng(4)
+    labels = [0, 1, 0, 1, 1]
+    covered = [None, True, None, False, True]
+    masks = [np.zeros((4, 4), bool) if y == 0 else rng.random((4, 4)) < 0.4 for y in labels]
+    maps = [rng.random((4, 4)) + 0.5 * m for m in masks]
+    histograms = pixel_histograms(masks, maps, bins=8)
+    parts = category_coverage("c", 0, ["a", "b", "c", "d", "e"], labels, [0.1, 0.8, 0.3, 0.2, 0.9], covered, histograms)
+    low, high = min(m.min() for m in maps), max(m.max() for m in maps)
+    levels = [np.minimum(((m - low) * 8 / (high - low)).astype(int), 7) for m in maps]
+    for part, images in (("covered", [0, 1, 2, 4]), ("uncovered", [0, 2, 3])):
+        expected = roc_auc_score(np.concatenate([masks[i].ravel() for i in images]),
+                                 np.concatenate([levels[i].ravel() for i in images]))
+        assert parts[part]["values"]["pixel_auroc"] == pytest.approx(expected, abs=1e-12)
+        assert parts[part]["replicates"]["pixel_auroc"].shape == (1000,)
+        assert parts[part]["values"]["image_auroc"] == pytest.approx(
+            roc_auc_score([labels[i] for i in images], [[0.1, 0.8, 0.3, 0.2, 0.9][i] for i in images]))
+    nothing_covered = category_coverage("c", 0, ["a", "b"], [1, 0], [0.9, 0.1], [False, None], None)
+    assert set(nothing_covered) == {"uncovered"}
+    no_normal = category_coverage("c", 0, ["a", "b"], [1, 1], [0.9, 0.1], [True, False], None)
+    assert no_normal == {}

@@ -268,3 +268,31 @@ def test_a_limit_keeps_normal_and_anomalous_queries_alternately_in_path_order():
     dropped = limit_queries(plan, 1)  # a group left without a query is dropped, the rest kept whole
     assert kept(dropped) == [["n1"]] and dropped.groups[0].abnormal == [] and dropped.removed_from_queries == 3
     assert dropped.normal is plan.normal and dropped.manifest_path == Path("m.csv")
+
+
+def test_an_empty_mask_drawn_first_is_set_aside_for_the_rest_of_the_block(data):
+    """Re-derived from the documented draw: the first draw's file has an empty mask, so the type
+    and file are drawn again; the block's second reference is then drawn from the files left,
+    the empty one excluded (one type uniformly among the types left, then one of its files)."""
+    import zlib
+
+    from PIL import Image
+
+    from benchmark.data.reference_rules import clean_abnormal_block
+
+    _, table = data
+    defects = table[(table.category == "washer") & (table.label == 1)]
+    rng = np.random.default_rng([0, zlib.crc32(b"washer")])
+
+    def draw(pool):
+        types = sorted(pool.defect.unique())
+        files = sorted(pool[pool.defect == types[rng.integers(len(types))]].path)
+        return files[rng.integers(len(files))]
+
+    empty = draw(defects)
+    mask = defects[defects.path == empty]["mask"].iloc[0]
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(mask)
+    first = draw(defects)
+    assert first != empty  # this seed draws another file next (else the check below would not reach the rule)
+    second = draw(defects[~defects.path.isin({empty, first})])
+    assert [r.path for r in clean_abnormal_block(table, "washer", 0, 127, block=2)] == [first, second]

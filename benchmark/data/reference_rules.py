@@ -78,10 +78,11 @@ def _has_defect_pixels(row, mask_threshold: int) -> bool:
     return bool(load_mask(row["mask"], image_size(row["path"]), mask_threshold).any())
 
 
-def clean_abnormal_block(table: pd.DataFrame, category: str, seed: int, mask_threshold: int, block: int = 1) -> list[pd.Series]:
+def clean_abnormal_block(table: pd.DataFrame, category: str, seed: int, mask_threshold: int, block: int) -> list[pd.Series]:
     """Up to `block` references per (category, seed), in draw order ([] when the category has no
     defect with defect pixels: no defects, or no masks as ELPV). The first is drawn exactly as
-    gadbench always drew its one reference, so the default block (1) keeps every manifest."""
+    gadbench always drew its one reference, so a block of 1 (the experiments' default) keeps every
+    manifest. A file with an empty mask is never drawn again."""
     defects = _defects(table, category)
     defects = defects[defects["mask"].notna()]
     if defects.empty:
