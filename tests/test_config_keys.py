@@ -64,3 +64,29 @@ def test_deep_merge_overrides_key_by_key_and_never_shares_the_base():
     merged["training"]["milestones"].append(9)
     assert base["training"]["milestones"] == [3, 5]  # a deep copy: editing the result leaves the base alone
     assert deep_merge({"training": None}, {"training": {"epochs": 2}}) == {"training": {"epochs": 2}}
+
+
+def test_config_hash_is_the_sha256_prefix_of_the_canonical_json():
+    import hashlib
+    from pathlib import Path
+
+    from benchmark.config import config_hash
+
+    value = {"b": [1, 2], "a": {"root": Path("/data"), "z": 1.5}}
+    canonical = '{"a": {"root": "/data", "z": 1.5}, "b": [1, 2]}'  # keys sorted, a path as its text
+    assert config_hash(value) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert config_hash({"a": {"z": 1.5, "root": Path("/data")}, "b": [1, 2]}) == config_hash(value)
+
+
+def test_a_method_from_adapter_alone_takes_its_name_and_defaults_and_pickles_without_its_class():
+    import pickle
+
+    from benchmark.run.experiment import adapter_method
+
+    spec = "examples/mean_patch_distance.py:MeanPatchDistance"
+    method = adapter_method(spec)
+    assert (method.name, method.adapter, method.label, method.config) == ("mean_patch_distance", spec, "mean_patch_distance", {})
+    assert method.adapter_class.__name__ == "MeanPatchDistance"
+    copy = pickle.loads(pickle.dumps(method))
+    assert copy._adapter_class is None and copy == method  # a worker resolves the class itself
+    assert copy.adapter_class.__name__ == "MeanPatchDistance"

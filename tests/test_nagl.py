@@ -59,6 +59,10 @@ def test_an_all_normal_abnormal_mask_is_rejected():
     model = make_model()
     with pytest.raises(ValueError, match="no anomalous patch"):
         model.mine_residual_proxies(torch.randn(1, 1, 64, 32), torch.zeros(1, 1, 64), torch.randn(1, 64, 32), GRID)
+    one_empty = torch.zeros(2, 1, 64)
+    one_empty[0, 0, :5] = 1  # the batch's first episode has anomalous patches, the second none
+    with pytest.raises(ValueError, match="no anomalous patch"):
+        model.mine_residual_proxies(torch.randn(2, 1, 64, 32), one_empty, torch.randn(2, 64, 32), GRID)
 
 
 def test_residuals_use_the_raw_dot_product_neighbour():

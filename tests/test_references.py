@@ -296,3 +296,17 @@ def test_an_empty_mask_drawn_first_is_set_aside_for_the_rest_of_the_block(data):
     assert first != empty  # this seed draws another file next (else the check below would not reach the rule)
     second = draw(defects[~defects.path.isin({empty, first})])
     assert [r.path for r in clean_abnormal_block(table, "washer", 0, 127, block=2)] == [first, second]
+
+
+def test_a_manifest_file_lists_relative_paths_their_sha256_and_an_empty_mask_for_normal_rows(data, tmp_path):
+    import hashlib
+
+    root, _ = data
+    path, _ = _manifest(data, tmp_path, "N2+A1", 0)
+    raw = pd.read_csv(path, keep_default_na=False)
+    normal, abnormal = raw[raw.role == "normal"], raw[raw.role == "abnormal"]
+    assert len(normal) == 2 and (normal["mask"] == "").all() and len(abnormal) == 1
+    assert abnormal["mask"].iloc[0].startswith("washer/ground_truth/") and not raw.path.str.startswith("/").any()
+    first = raw.iloc[0]
+    assert first.sha256 == hashlib.sha256((root / first.path).read_bytes()).hexdigest()
+    assert "Unnamed: 0" not in raw.columns  # no index column

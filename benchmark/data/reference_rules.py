@@ -121,7 +121,7 @@ def official_abnormal_slices(table: pd.DataFrame, category: str, j: int, seed: i
 
 
 def abnormal_shortage(table: pd.DataFrame, category: str, setting: Setting, seed: int, protocol: str,
-                      mask_threshold: int, drawn: list | None = None, abnormal_block: int = 1) -> list[str]:
+                      mask_threshold: int, drawn: list | None, abnormal_block: int) -> list[str]:
     """What a setting's abnormal references lack at this seed ([] when nothing); `drawn`: the clean
     protocol's block when the caller has drawn it already (it reads masks to draw it)."""
     j = setting.k_abnormal
@@ -148,8 +148,8 @@ def abnormal_shortage(table: pd.DataFrame, category: str, setting: Setting, seed
 
 
 def manifest_shortages(table: pd.DataFrame, category: str, setting: Setting, seed: int, protocol: str,
-                       nested_block: int, mask_threshold: int, drawn: list | None = None,
-                       abnormal_block: int = 1) -> list[str]:
+                       nested_block: int, mask_threshold: int, drawn: list | None = None, *,
+                       abnormal_block: int) -> list[str]:
     """Everything one (category, setting, seed) lacks for its manifest, one line each, without
     drawing or writing anything: the planning pass reports them all before a run starts."""
     if protocol not in PROTOCOLS:

@@ -79,9 +79,10 @@ def _rows(frame: pd.DataFrame | list, role: str, data_root: Path) -> list[dict]:
 
 
 def make_manifest(table: pd.DataFrame, data_root: Path, category: str, setting: Setting, seed: int,
-                  protocol: str, nested_block: int, mask_threshold: int, abnormal_block: int = 1) -> pd.DataFrame:
+                  protocol: str, nested_block: int, mask_threshold: int, abnormal_block: int) -> pd.DataFrame:
     block = clean_abnormal_block(table, category, seed, mask_threshold, abnormal_block) if protocol == "clean" else None
-    problems = manifest_shortages(table, category, setting, seed, protocol, nested_block, mask_threshold, block, abnormal_block)
+    problems = manifest_shortages(table, category, setting, seed, protocol, nested_block, mask_threshold, block,
+                                  abnormal_block=abnormal_block)
     if problems:
         raise GadbenchError(problems[0])
     rows = []

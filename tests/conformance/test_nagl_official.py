@@ -217,7 +217,7 @@ def test_official_protocol_references_match_the_codes_choice(tmp_path):
     expected = pd.read_csv(FIXTURES / "references_official.csv", dtype=str, keep_default_na=False)
     for (seed, n_shot), rows in expected.groupby(["seed", "n_shot"]):
         setting = parse_setting(f"N{n_shot}+A1")
-        manifest = make_manifest(table, root, "fakecat", setting, int(seed), "official", 4, 127)
+        manifest = make_manifest(table, root, "fakecat", setting, int(seed), "official", 4, 127, 1)
         normal = rows[rows.role == "normal"].sort_values("rank").reference_file.tolist()
         assert manifest[manifest.role == "normal"].path.tolist() == normal
         per_type = dict(zip(rows[rows.role == "abnormal"].query_type, rows[rows.role == "abnormal"].reference_file))
