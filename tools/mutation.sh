@@ -4,6 +4,8 @@
 # scratch copy of the working tree (the repository itself is never touched) against the fast tests
 # that exercise these files, and writes its results to results/mutation/.
 #   tools/mutation.sh [FILE.py ...]     default: every formula file below; needs `pip install mutmut`
+#   MUTATION_DIR=D keeps the scratch copy in D; run again with MUTATION_DIR=D MUTATION_RECHECK=1 after
+#   adding tests: the tree is copied over it, changed files are mutated again and the survivors rerun
 # Statements that raise or log are not mutated (messages are not formulas). Torch runs one thread
 # per worker: mutmut forks workers, and a forked OpenMP pool deadlocks.
 set -euo pipefail
@@ -19,9 +21,11 @@ if [ ${#files[@]} -eq 0 ]; then
          benchmark/run/coverage.py baselines/winclip.py benchmark/run/experiment.py benchmark/run/sweeps.py
          benchmark/config.py)
 fi
-out="$PWD/results/mutation"
+repo="$PWD"
+out="$repo/results/mutation"
 mkdir -p "$out"
 scratch="${MUTATION_DIR:-$(mktemp -d)}"
+mkdir -p "$scratch"
 git ls-files -z | xargs -0 -I{} cp --parents {} "$scratch"
 cd "$scratch"
 {
@@ -34,11 +38,15 @@ cd "$scratch"
   echo "pytest_add_cli_args_test_selection ="
   for t in tests/conformance tests/test_nagl.py tests/test_metrics.py tests/test_references.py tests/test_scoring.py \
            tests/test_formulas.py tests/test_pixel_accumulator.py tests/test_sweeps.py tests/test_config_keys.py \
-           tests/test_defaults.py tests/test_baselines.py tests/test_reference_settings.py; do echo "    $t"; done
+           tests/test_defaults.py tests/test_baselines.py tests/test_reference_settings.py tests/test_resad_losses.py \
+           tests/test_reference_rules.py; do echo "    $t"; done
   echo "process_isolation = forkserver"
 } > setup.cfg
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m mutmut run --max-children "${MUTATION_JOBS:-2}" || true
+if [ -n "${MUTATION_RECHECK:-}" ]; then  # a run resumed in MUTATION_DIR after new tests: its survivors again
+  mapfile -t again < <(python -m mutmut results 2>/dev/null | awk -F': ' '/: (survived|no tests|timeout)$/ {gsub(/ /, "", $1); print $1}')
+  [ ${#again[@]} -eq 0 ] || OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m mutmut run --max-children "${MUTATION_JOBS:-2}" "${again[@]}" || true
+fi
 python -m mutmut results --all true > "$out/all.txt" 2>&1 || true
-grep -c ": killed" "$out/all.txt" | sed 's/^/killed: /'
-grep -c ": survived" "$out/all.txt" | sed 's/^/survived: /' || true
+python "$repo/tools/mutation_summary.py" "$out/all.txt" | tee "$out/summary.md"
 echo "mutation.sh: results in $out/all.txt; mutants kept in $scratch (mutmut show NAME there)"
