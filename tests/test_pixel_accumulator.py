@@ -173,3 +173,25 @@ def test_maps_finished_on_the_device_equal_the_host_path(blur_at, resize):
     for got, want in zip(device, host):
         np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(device_maxima, host_maxima)
+
+
+@pytest.mark.parametrize("searched", [False, True], ids=["slot table", "binary search"])
+def test_normal_pixels_on_both_sides_of_a_contiguous_span_count_below_and_above_every_threshold(searched):
+    """Defect scores in one bucket around 0.5; normal pixels far below (0.01) and far above (4.0)
+    it, in buckets of their own, are counted by side, and the curve still equals scikit-learn's."""
+    rng = np.random.default_rng(11)
+    masks, maps = [], []
+    for shape in [(12, 9), (7, 15)]:
+        mask = np.zeros(shape, bool)
+        mask[2:5, 3:7] = True
+        amap = np.where(rng.random(shape) < 0.5, np.float32(0.01), np.float32(4.0))
+        amap[mask] = (0.5 + rng.integers(0, 5, int(mask.sum())) * 1e-6).astype(np.float32)
+        amap[0, :3] = amap[mask][:3]  # normal pixels tied with defect ones inside the span
+        masks.append(mask)
+        maps.append(amap.astype(np.float32))
+    pixels = accumulate(masks, maps, max_table_buckets=0 if searched else 768)
+    assert pixels.contiguous and pixels.searched == searched
+    assert searched or (pixels.outside > 0).all()  # the table path counts the far pixels by side
+    got, want = pixels.metrics(), reference(masks, maps)
+    for metric in ("pixel_auroc", "pixel_ap", "pixel_f1_max"):
+        assert got[metric] == pytest.approx(want[metric], abs=1e-12), metric
