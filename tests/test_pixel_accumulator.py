@@ -195,3 +195,21 @@ def test_normal_pixels_on_both_sides_of_a_contiguous_span_count_below_and_above_
     got, want = pixels.metrics(), reference(masks, maps)
     for metric in ("pixel_auroc", "pixel_ap", "pixel_f1_max"):
         assert got[metric] == pytest.approx(want[metric], abs=1e-12), metric
+
+
+def test_the_second_pass_in_threads_continues_where_single_images_left_off():
+    """second_pass() after add_second_pass() of the first image, split over three threads: every
+    later image counted once, in order (its histogram at its own index)."""
+    from unittest import mock
+
+    masks, maps = cases()["random"]
+    one = accumulate(masks, maps)
+    mixed = PixelAccumulator()
+    for mask, amap in zip(masks, maps):
+        mixed.add(mask, amap)
+    mixed.finish()
+    mixed.add_second_pass(maps[0])
+    with mock.patch("benchmark.run.pixel_accumulator.workers_for", return_value=3):
+        mixed.second_pass(maps[1:])
+    assert mixed.metrics() == one.metrics()
+    np.testing.assert_array_equal(np.stack(mixed.histograms), np.stack(one.histograms))
