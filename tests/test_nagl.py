@@ -18,6 +18,28 @@ def make_model(dim=32, **options):
 
 def test_trainable_parameters_match_the_paper():
     assert sum(p.numel() for p in NAGL(dim=384, heads=4, proxies=25).parameters() if p.requires_grad) == 2_378_112
+    default = NAGL()  # the paper's model: DINOv2 ViT-S/14 width, 4 heads, 25 proxies, top 1 %
+    assert (default.dim, default.heads, default.proxies.num_embeddings, default.top_percent) == (384, 4, 25, 1.0)
+    assert default.rm_cross.attention.num_heads == 4
+
+
+@pytest.mark.parametrize("option", ["mask_downsample", "position_mask", "attention_mask_layout", "reference_positions"])
+def test_an_unknown_option_value_is_refused_naming_the_option(option):
+    with pytest.raises(ValueError, match=f"^{option} must be one of"):
+        NAGL(dim=32, heads=4, proxies=3, **{option: "bogus"})
+
+
+def test_the_width_must_divide_by_the_heads_and_by_four():
+    for dim, heads in ((30, 3), (36, 8)):  # 30 = 3 x 10 but not 4 x n; 36 = 4 x 9 but not 8 x n
+        with pytest.raises(ValueError, match="divisible by heads"):
+            NAGL(dim=dim, heads=heads, proxies=3)
+
+
+def test_the_image_score_is_the_mean_of_the_models_top_percent():
+    model = make_model(top_percent=25.0)  # 16 of the 64 patches
+    normal = torch.randn(1, 2, 64, 32)
+    out = model(torch.randn(1, 64, 32), normal, GRID)
+    assert out["image_score"].item() == pytest.approx(out["score"].topk(16).values.mean().item(), rel=1e-6)
 
 
 def test_s_n_is_one_for_a_query_identical_to_a_normal_reference():
