@@ -51,7 +51,7 @@ BATCH_LAYOUTS = ("per-image", "code")
 
 
 def batch_layout(query_blocks: list[torch.Tensor], reference_blocks: list[torch.Tensor],
-                 reference_embeddings: torch.Tensor, shot: int, layout: str = "per-image"):
+                 reference_embeddings: torch.Tensor, shot: int, layout: str):
     """Pair each query with its references' tokens. query_blocks: per block [B, P, C];
     reference_blocks: per block [shot * B, P, C] and reference_embeddings [shot * B, D], shot-major
     as the code's `inputs[1:]` (reference s of query i at s * B + i).
@@ -103,4 +103,4 @@ class InCTRLHeads(nn.Module):
         image_score = self.diff_head_ref(image_residual)
         holistic = self.diff_head(prior[:, None] + image_score[:, None] + residual_map)
         fine = residual_map.amax(dim=-1)
-        return {"final": (holistic + fine) / 2, "image_residual_score": image_score, "holistic": holistic, "fine": fine}
+        return {"final": (holistic + fine) / 2, "image_residual_score": image_score}

@@ -213,3 +213,22 @@ def test_the_second_pass_in_threads_continues_where_single_images_left_off():
         mixed.second_pass(maps[1:])
     assert mixed.metrics() == one.metrics()
     np.testing.assert_array_equal(np.stack(mixed.histograms), np.stack(one.histograms))
+
+
+def test_a_map_whose_minimum_is_minus_zero_ties_it_with_zero_and_integer_masks_count_as_boolean():
+    """-0.0 == 0.0 for scikit-learn: a map that starts at -0.0 must not take the non-negative keys'
+    shortcut (its sign bit would sort it below everything); masks of 0/1 integers are masks."""
+    rng = np.random.default_rng(5)
+    masks, maps = [], []
+    for shape in [(6, 7), (5, 9)]:
+        mask = np.zeros(shape, np.uint8)
+        mask[1:3, 2:5] = 1
+        amap = rng.choice(np.array([-0.0, 0.0, 0.25, 0.5], np.float32), shape)
+        amap[mask == 1] = rng.choice(np.array([-0.0, 0.0, 0.5], np.float32), int(mask.sum()))
+        amap[0, 0] = np.float32(-0.0)
+        masks.append(mask)
+        maps.append(amap)
+    pixels = accumulate(masks, maps)
+    got, want = pixels.metrics(), reference([m.astype(bool) for m in masks], maps)
+    for metric in ("pixel_auroc", "pixel_ap", "pixel_f1_max"):
+        assert got[metric] == pytest.approx(want[metric], abs=1e-12), metric
