@@ -54,7 +54,7 @@ def test_patchcore_bank_equals_reference_patches_and_coreset_is_a_subset(patchco
     assert all(tuple(r.tolist()) in rows for r in patchcore.memory_bank)  # a subset of real patches
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [1, 2, 3])
 def test_patchcore_nearest_distances_over_blocks_match_brute_force_distances_in_float64(k):
     from benchmark.features.similarity import row_chunk
 

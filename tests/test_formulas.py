@@ -222,3 +222,27 @@ def test_dinov2_resize_without_offset_is_a_bicubic_resize_to_the_grid(grid, anti
     expected = resize(square, list(grid), interpolation=InterpolationMode.BICUBIC, antialias=antialias)
     assert torch.equal(out[0, :1], pos_embed[0, :1])
     torch.testing.assert_close(out[0, 1:], expected.permute(1, 2, 0).reshape(-1, 3), atol=1e-6, rtol=1e-6)
+
+
+def test_nn_ablation_at_n0_takes_the_normal_patches_from_the_abnormal_references(nn_features):
+    """N0: no normal reference; the abnormal reference's patches outside its mask are the normal
+    bank (brute force, 'normal' variant), and the reference's mask is read with the configured
+    downsampling: pixel (7, 7) lies in patch (0, 0); the official stride-8 convolution with
+    padding 1 reads windows shifted by one pixel, which see (7, 7) from patch (1, 1) and the
+    full patch (1, 1) from (1, 2), (2, 1) and (2, 2) too."""
+    from nagl.ablation import NNAblationAdapter
+
+    maps, mask = nn_features
+    thin = torch.zeros(32, 32)
+    thin[7, 7] = 1
+    thin[8:16, 8:16] = 1  # the whole patch (1, 1)
+    for downsample, anomalous in (("any-pixel", [0, 5]), ("official-conv", [5, 6, 9, 10])):
+        adapter = NNAblationAdapter({"variant": "normal", "backbone": "lite0_imagenet", "input_size": 32, "top_percent": 25.0,
+                                     "blur_sigma": 1.5, "mask_downsample": downsample}, stored_context(maps))
+        abnormal = keyed_references(["a0"], (32, 32))
+        abnormal.masks = thin[None]
+        adapter.set_references("c", keyed_references([], (32, 32)), abnormal)
+        prediction = scored(adapter, keyed_batch(["q0"], (32, 32)))
+        bank = np.delete(_patches(maps, "a0"), anomalous, axis=0)
+        scores = 1 - _unit_cosine(_patches(maps, "q0"), bank).max(axis=1)
+        assert prediction.image_scores[0] == pytest.approx(np.sort(scores)[::-1][:4].mean(), abs=1e-6), downsample
