@@ -1,12 +1,17 @@
-"""A misspelt config key of a plug-in adapter is refused in one line, with the closest name, by
-every command that opens methods: the check lives in the adapter base class
-(Adapter.check_config), not in one caller."""
+"""Config loading. A misspelt config key of a plug-in adapter is refused in one line, with the
+closest name, by every command that opens methods: the check lives in the adapter base class
+(Adapter.check_config), not in one caller. Then what an experiment file's keys become (datasets,
+methods, the abnormal block) and the helpers it rests on (deep_merge, config_hash)."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import yaml
 
 from benchmark.cli import main
+from benchmark.errors import GadbenchError
 from conftest import write_experiment
 
 PLUGIN = "examples/mean_patch_distance.py:MeanPatchDistance"
@@ -90,3 +95,57 @@ def test_a_method_from_adapter_alone_takes_its_name_and_defaults_and_pickles_wit
     copy = pickle.loads(pickle.dumps(method))
     assert copy._adapter_class is None and copy == method  # a worker resolves the class itself
     assert copy.adapter_class.__name__ == "MeanPatchDistance"
+
+
+def test_an_experiments_own_datasets_keep_every_declared_field(tmp_path, synthetic_root):
+    """Inline datasets: every key reaches its DatasetSpec (a relative root under the data root, an
+    absolute one as given); the defaults of the keys left out; the configured datasets stay."""
+    from benchmark.run.experiment import load_experiment
+
+    experiment_file = write_experiment(tmp_path / "e.yaml", synthetic_root, datasets={
+        "full": {"layout": "mvtec", "root": "objects", "display": "Full", "mask_threshold": 3, "options": {"a": 1},
+                 "max_per_group": 5, "test_images": 40, "test_megapixels": 1.5},
+        "bare": {"layout": "mvtec", "root": str(synthetic_root / "textures")}},
+        pairs=[["full", "bare"]], tables={"main": ["bare"]})
+    experiment = load_experiment(experiment_file)
+    full, bare = experiment.datasets["full"], experiment.datasets["bare"]
+    assert (full.name, full.layout, full.root, full.display, full.mask_threshold, full.options, full.max_per_group,
+            full.test_images, full.test_megapixels) == ("full", "mvtec", synthetic_root / "objects", "Full", 3, {"a": 1}, 5,
+                                                        40, 1.5)
+    assert (bare.root, bare.display, bare.mask_threshold, bare.options, bare.max_per_group, bare.test_images,
+            bare.test_megapixels) == (synthetic_root / "textures", "", 127, {}, None, None, None)
+    assert "mvtec" in experiment.datasets  # configs/datasets.yaml's entries remain
+    with pytest.raises(GadbenchError, match=r"e.yaml: dataset 'broken'.*root"):
+        load_experiment(write_experiment(tmp_path / "e.yaml", synthetic_root, datasets={"broken": {"layout": "mvtec"}}))
+
+
+def test_a_run_can_narrow_the_methods_or_replace_them_by_an_adapter(tmp_path, synthetic_root):
+    from benchmark.run.experiment import load_experiment
+
+    two = [{"name": "a", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet"}},
+           {"name": "b", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet"}}]
+    experiment_file = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=two)
+    assert [m.name for m in load_experiment(experiment_file, methods=["b"]).methods] == ["b"]
+    with pytest.raises(GadbenchError, match="'c'"):
+        load_experiment(experiment_file, methods=["c"])
+    replaced = load_experiment(experiment_file, adapter="examples/mean_patch_distance.py:MeanPatchDistance").methods
+    assert [(m.name, m.adapter) for m in replaced] == [("mean_patch_distance", "examples/mean_patch_distance.py:MeanPatchDistance")]
+
+
+@pytest.mark.parametrize("protocol, block, settings, fragment", [
+    ("clean", 0, ["N1"], "abnormal_block must be a whole number >= 1, not 0"),
+    ("clean", 1.5, ["N1"], "abnormal_block must be a whole number >= 1, not 1.5"),
+    ("clean", 2, ["N1+A4", "N1+A1"], "setting with A4 needs protocol_options.abnormal_block >= 4 (it is 2)"),
+    ("official", 1, ["N1+A4"], None),  # the official slices have no block
+    ("clean", 1, ["N1"], None),
+])
+def test_the_abnormal_block_is_checked_against_the_settings(tmp_path, synthetic_root, protocol, block, settings, fragment):
+    from benchmark.run.experiment import load_experiment
+
+    experiment_file = write_experiment(tmp_path / "e.yaml", synthetic_root, settings=settings, protocol=protocol,
+                                       protocol_options={"abnormal_block": block})
+    if fragment is None:
+        assert load_experiment(experiment_file).protocol_options["abnormal_block"] == block
+    else:
+        with pytest.raises(GadbenchError, match="^" + re.escape(f"{experiment_file}: ") + ".*" + re.escape(fragment)):
+            load_experiment(experiment_file)
