@@ -149,3 +149,28 @@ def test_the_abnormal_block_is_checked_against_the_settings(tmp_path, synthetic_
     else:
         with pytest.raises(GadbenchError, match="^" + re.escape(f"{experiment_file}: ") + ".*" + re.escape(fragment)):
             load_experiment(experiment_file)
+
+
+def test_a_named_method_under_another_label_and_the_messages_that_name_the_file():
+    from benchmark.run.experiment import load_method
+
+    relabelled = load_method({"use": "nagl_lite0", "label": "NAGL, relabelled"}, "e.yaml")
+    assert (relabelled.name, relabelled.label) == ("nagl_lite0", "NAGL, relabelled")
+    assert load_method({"use": "nagl_lite0"}, "e.yaml").label == load_method("nagl_lite0", "e.yaml").label == "NAGL (Lite0, short)"
+    with pytest.raises(GadbenchError, match=r"^e.yaml: unknown method 'nagl_lite'; did you mean 'nagl_lite0'"):
+        load_method({"use": "nagl_lite"}, "e.yaml")
+    with pytest.raises(GadbenchError, match=r"^e.yaml: method 'nagl_lite0'.*'colour'"):
+        load_method({"use": "nagl_lite0", "colour": "red"}, "e.yaml")
+
+
+def test_an_experiment_is_named_after_its_file_unless_it_says(tmp_path, synthetic_root):
+    from benchmark.run.experiment import load_experiment
+
+    path = write_experiment(tmp_path / "my_grid.yaml", synthetic_root)
+    data = yaml.safe_load(path.read_text())
+    del data["name"]
+    path.write_text(yaml.safe_dump(data))
+    experiment = load_experiment(path)
+    assert (experiment.name, experiment.description) == ("my_grid", "")
+    path.write_text(yaml.safe_dump({**data, "name": "named", "description": "what it is"}))
+    assert (load_experiment(path).name, load_experiment(path).description) == ("named", "what it is")
