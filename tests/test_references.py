@@ -310,3 +310,15 @@ def test_a_manifest_file_lists_relative_paths_their_sha256_and_an_empty_mask_for
     first = raw.iloc[0]
     assert first.sha256 == hashlib.sha256((root / first.path).read_bytes()).hexdigest()
     assert "Unnamed: 0" not in raw.columns  # no index column
+
+
+def test_an_official_normal_only_plan_scores_every_test_image_in_one_group(data, tmp_path):
+    _, table = data
+    path, manifest = _manifest(data, tmp_path, "N2", 0, protocol="official")
+    plan = plan_category(path, manifest, table, "washer", "official")
+    tests = table[(table.category == "washer") & (table.split == "test")]
+    assert plan.manifest_path == path and plan.removed_from_queries == 0 and len(plan.groups) == 1
+    assert list(plan.normal.path) == _paths(manifest, "normal") and len(plan.normal) == 2
+    assert plan.groups[0].abnormal == [] and sorted(plan.groups[0].queries.path) == sorted(tests.path)
+    clean_path, clean = _manifest(data, tmp_path, "N2", 0)
+    assert plan_category(clean_path, clean, table, "washer", "clean").manifest_path == clean_path
