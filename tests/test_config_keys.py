@@ -174,3 +174,14 @@ def test_an_experiment_is_named_after_its_file_unless_it_says(tmp_path, syntheti
     assert (experiment.name, experiment.description) == ("my_grid", "")
     path.write_text(yaml.safe_dump({**data, "name": "named", "description": "what it is"}))
     assert (load_experiment(path).name, load_experiment(path).description) == ("named", "what it is")
+
+
+def test_a_malformed_yaml_file_is_named_with_its_line_and_problem(tmp_path):
+    from benchmark.config import load_yaml
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsettings: [N1\nseeds: [0]\n")
+    with pytest.raises(GadbenchError) as caught:
+        load_yaml(bad)
+    # the unclosed list is found where the next key starts, on line 3 (PyYAML counts from 0)
+    assert str(caught.value) == f"{bad}: line 3: malformed YAML (expected ',' or ']', but got ':'); fix the syntax"

@@ -21,7 +21,7 @@ def data(tmp_path, synthetic_root):
 def _manifest(data, tmp_path, setting, seed, protocol="clean", category="washer", block=1):
     root, table = data
     return ensure_manifest(tmp_path / "refs", "objects", root, table, category, parse_setting(setting), seed, protocol, 4,
-                           abnormal_block=block)
+                           127, abnormal_block=block)
 
 
 def test_parse_setting():
@@ -322,3 +322,23 @@ def test_an_official_normal_only_plan_scores_every_test_image_in_one_group(data,
     assert plan.groups[0].abnormal == [] and sorted(plan.groups[0].queries.path) == sorted(tests.path)
     clean_path, clean = _manifest(data, tmp_path, "N2", 0)
     assert plan_category(clean_path, clean, table, "washer", "clean").manifest_path == clean_path
+
+
+def test_manifest_files_are_named_by_setting_and_seed_and_a_clean_block_other_than_one(data, tmp_path):
+    from benchmark.data.references import manifest_path
+
+    root = tmp_path / "refs"
+    name = lambda protocol, setting, block: manifest_path(root, protocol, "d", "c", parse_setting(setting), 2, block)  # noqa: E731
+    assert name("clean", "N4+A2", 1) == root / "clean" / "d" / "c" / "n4_a2_seed2.csv"
+    assert name("clean", "N4+A2", 4).name == "n4_a2_seed2_block4.csv"
+    assert name("official", "N4+A2", 4).name == "n4_a2_seed2.csv"  # the official slices have no block
+    assert name("clean", "Nall", 1).name == "nall_a0_seed2.csv"
+
+
+def test_a_manifest_read_back_resolves_paths_and_masks_under_the_data_root(data, tmp_path):
+    root, _ = data
+    _, manifest = _manifest(data, tmp_path, "N1+A1", 0)
+    abnormal, normal = manifest[manifest.role == "abnormal"].iloc[0], manifest[manifest.role == "normal"].iloc[0]
+    assert Path(abnormal["path"]).is_file() and Path(abnormal["path"]).is_relative_to(root)
+    assert Path(abnormal["mask"]).is_file() and Path(abnormal["mask"]).is_relative_to(root)
+    assert pd.isna(normal["mask"])

@@ -52,7 +52,7 @@ class Plan:
 
 
 def manifest_path(root: Path, protocol: str, dataset: str, category: str, setting: Setting, seed: int,
-                  abnormal_block: int = 1) -> Path:
+                  abnormal_block: int) -> Path:
     """A clean manifest drawn with another abnormal block excludes other queries: its own file."""
     block = f"_block{abnormal_block}" if protocol == "clean" and abnormal_block != 1 else ""
     name = f"n{setting.normal_text}_a{setting.k_abnormal}_seed{seed}{block}.csv"
@@ -133,8 +133,8 @@ def read_manifest(path: Path, data_root: Path) -> pd.DataFrame:
 
 
 def ensure_manifest(references_root: Path, dataset: str, data_root: Path, table: pd.DataFrame, category: str,
-                    setting: Setting, seed: int, protocol: str, nested_block: int = 4, mask_threshold: int = 127,
-                    abnormal_block: int = 1) -> tuple[Path, pd.DataFrame]:
+                    setting: Setting, seed: int, protocol: str, nested_block: int, mask_threshold: int,
+                    abnormal_block: int) -> tuple[Path, pd.DataFrame]:
     path = manifest_path(references_root, protocol, dataset, category, setting, seed, abnormal_block)
     if not path.is_file():
         write_atomic_csv(make_manifest(table, data_root, category, setting, seed, protocol, nested_block, mask_threshold,
