@@ -185,3 +185,20 @@ def test_a_malformed_yaml_file_is_named_with_its_line_and_problem(tmp_path):
         load_yaml(bad)
     # the unclosed list is found where the next key starts, on line 3 (PyYAML counts from 0)
     assert str(caught.value) == f"{bad}: line 3: malformed YAML (expected ',' or ']', but got ':'); fix the syntax"
+
+
+def test_the_data_root_comes_from_the_caller_then_data_root_then_the_file(tmp_path, synthetic_root, monkeypatch):
+    from benchmark.run.experiment import load_experiment
+
+    path = write_experiment(tmp_path / "e.yaml", synthetic_root, datasets={
+        "rel": {"layout": "mvtec", "root": "objects"}}, pairs=[["rel", "rel"]], tables={"main": ["rel"]})
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    assert load_experiment(path).datasets["rel"].root == synthetic_root / "objects"  # the file's data_root
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path / "env"))
+    assert load_experiment(path).datasets["rel"].root == tmp_path / "env" / "objects"
+    assert load_experiment(path, tmp_path / "arg").datasets["rel"].root == tmp_path / "arg" / "objects"
+    with pytest.raises(GadbenchError, match="e.yaml.*seeds"):
+        data = yaml.safe_load(path.read_text())
+        del data["seeds"]
+        path.write_text(yaml.safe_dump(data))
+        load_experiment(path)

@@ -47,8 +47,9 @@ def test_image_metrics_equal_sklearn_with_ties(rng):
 
 
 def test_one_class_is_not_applicable_not_zero():
-    metrics = image_metrics([0, 0, 0], [0.1, 0.5, 0.2])
-    assert all(np.isnan(v) for v in metrics.values())
+    for labels in ([0, 0, 0], [1, 1, 1], [1], []):
+        metrics = image_metrics(labels, [0.1, 0.5, 0.2][:len(labels)])
+        assert set(metrics) == {"image_auroc", "image_ap", "image_f1_max"} and all(np.isnan(v) for v in metrics.values())
 
 
 def _masks_and_maps(rng, n=4, size=24):

@@ -145,7 +145,10 @@ def test_keys_keep_the_order_of_the_floats_and_make_zeros_equal():
 def test_without_a_defect_or_without_a_normal_pixel_the_metrics_are_not_applicable():
     maps = [np.random.default_rng(0).random((8, 8)).astype(np.float32)]
     for masks in ([np.zeros((8, 8), bool)], [np.ones((8, 8), bool)]):
-        assert all(np.isnan(v) for v in accumulate(masks, maps).metrics().values())
+        metrics = accumulate(masks, maps).metrics()
+        assert set(metrics) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}
+        assert all(np.isnan(v) for v in metrics.values())
+    assert set(accumulate([], []).metrics()) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}  # no image
 
 
 def test_nan_and_a_size_mismatch_are_refused():
