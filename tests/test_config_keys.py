@@ -202,3 +202,34 @@ def test_the_data_root_comes_from_the_caller_then_data_root_then_the_file(tmp_pa
         del data["seeds"]
         path.write_text(yaml.safe_dump(data))
         load_experiment(path)
+
+
+def test_what_an_experiment_file_leaves_out_takes_its_documented_default(tmp_path, synthetic_root, monkeypatch):
+    """No protocol: clean; no protocol_options: nested_block 4, abnormal_block 1; no tables: one
+    'main' of the targets in pair order; no categories: all; a relative data_root is the
+    project's, `~` and $VARS expanded; duplicate settings kept once, seeds as integers."""
+    from benchmark.config import PROJECT_ROOT
+    from benchmark.run.experiment import load_experiment
+
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    path = write_experiment(tmp_path / "e.yaml", synthetic_root, settings=["N1", "N^1", "N2+A1"], seeds=["2", 0],
+                            pairs=[["tiny_textures", "tiny_objects"], ["tiny_objects", "tiny_textures"]])
+    data = yaml.safe_load(path.read_text())
+    for key in ("protocol", "tables"):
+        data.pop(key, None)
+    data["data_root"] = "$GADBENCH_TEST_ROOT/sub"
+    monkeypatch.setenv("GADBENCH_TEST_ROOT", "relative")
+    path.write_text(yaml.safe_dump(data))
+    experiment = load_experiment(path)
+    assert experiment.protocol == "clean" and experiment.protocol_options == {"nested_block": 4, "abnormal_block": 1}
+    assert experiment.tables == {"main": {"targets": ["tiny_objects", "tiny_textures"], "mean": False, "kind": "main"}}
+    assert experiment.categories == {} and experiment.data_root == PROJECT_ROOT / "relative" / "sub"
+    assert [s.label for s in experiment.settings] == ["N1", "N2+A1"] and experiment.seeds == [2, 0]
+    assert experiment.pairs == [("tiny_textures", "tiny_objects"), ("tiny_objects", "tiny_textures")]
+    data.update(tables={"t": {"targets": ["tiny_objects"], "mean": 1, "kind": "coverage"}}, categories={"tiny_objects": ["a"]},
+                protocol="official", protocol_options={"nested_block": 2})
+    path.write_text(yaml.safe_dump(data))
+    experiment = load_experiment(path)
+    assert experiment.tables == {"t": {"targets": ["tiny_objects"], "mean": True, "kind": "coverage"}}
+    assert experiment.categories == {"tiny_objects": ["a"]} and experiment.protocol == "official"
+    assert experiment.protocol_options == {"nested_block": 2, "abnormal_block": 1}
