@@ -152,7 +152,6 @@ def test_a_cell_part_is_the_mean_over_the_categories_that_have_it_with_counts_an
     assert nothing["uncovered"] == {"anomalous": 0, "categories": 0} and nothing["by_construction"] is True
 
 
-
 def test_a_parts_pixel_auroc_is_that_of_its_images_quantised_maps():
     """With maps, each part's pixel AUROC is scikit-learn's on the part's images' quantised maps
     (the normal queries' pixels and the part's defect images' pixels); a category whose part has

@@ -43,6 +43,8 @@ cd "$scratch"
   echo "process_isolation = forkserver"
 } > setup.cfg
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m mutmut run --max-children "${MUTATION_JOBS:-2}" || true
+# mutmut keeps a scratch copy's verdicts unless the selected test files above change (then it starts
+# over): a recheck reuses the kills only when new tests went into files already listed
 if [ -n "${MUTATION_RECHECK:-}" ]; then  # a run resumed in MUTATION_DIR after new tests: its survivors again
   mapfile -t again < <(python -m mutmut results 2>/dev/null | awk -F': ' '/: (survived|no tests|timeout)$/ {gsub(/ /, "", $1); print $1}')
   [ ${#again[@]} -eq 0 ] || OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m mutmut run --max-children "${MUTATION_JOBS:-2}" "${again[@]}" || true
