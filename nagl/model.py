@@ -141,7 +141,6 @@ class AttentionLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.heads = heads
         self.attention = nn.MultiheadAttention(dim, heads, dropout=0.0, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         for parameter in self.attention.parameters():

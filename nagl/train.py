@@ -90,16 +90,16 @@ class EpisodeBank:
                 group["defects"].setdefault(defect, []).append(index)
 
     @staticmethod
-    def normal_images_needed(k: int, sampler: str = "clean") -> int:
+    def normal_images_needed(k: int, sampler: str) -> int:
         """k + 1 normal images per category (k under the official sampler, whose query may be a reference)."""
         return k if sampler == "official" else k + 1
 
-    def usable_categories(self, k: int, sampler: str = "clean", j: int = 1) -> list[str]:
+    def usable_categories(self, k: int, sampler: str, j: int) -> list[str]:
         """Categories with a defect type with j abnormal references and enough normal images."""
         needed = self.normal_images_needed(k, sampler)
         return sorted(c for c, g in self.groups.items() if len(g["normal"]) >= needed and self.reference_types(c, j))
 
-    def reference_types(self, category: str, j: int = 1) -> list[str]:
+    def reference_types(self, category: str, j: int) -> list[str]:
         """The category's defect types with at least j images whose mask covers a patch."""
         defects = self.groups[category]["defects"]
         return sorted(t for t, items in defects.items() if sum(bool(self.patch_masks[i].any()) for i in items) >= j)
@@ -114,7 +114,7 @@ class Episode:
 
 
 def sample_episode(rng: np.random.Generator, bank: EpisodeBank, k: int, categories: list[str],
-                   sampler: str = "clean", j: int = 1) -> Episode:
+                   sampler: str, j: int) -> Episode:
     category = categories[rng.integers(len(categories))]
     group = bank.groups[category]
     normal_pool = group["normal"]

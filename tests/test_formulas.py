@@ -71,10 +71,15 @@ def test_nn_ablation_needs_an_abnormal_reference_with_anomalous_patches(nn_featu
     adapter = NNAblationAdapter({"backbone": "lite0_imagenet", "input_size": 32}, stored_context(maps))
     with pytest.raises(GadbenchError, match="needs abnormal references"):
         adapter.set_references("c", keyed_references(["n0"], (32, 32)), None)
-    empty = keyed_references(["a0"], (32, 32))
-    empty.masks = torch.zeros(1, 32, 32)
-    with pytest.raises(GadbenchError, match="no anomalous patch"):
+    empty = keyed_references(["a0", "n1"], (32, 32))
+    empty.masks = torch.zeros(2, 32, 32)
+    empty.samples = [{"path": "good/a0.png"}, {}]  # a sample without a path is shown as '?'
+    with pytest.raises(GadbenchError, match=r"^good/a0\.png, \?: abnormal reference mask has no anomalous patch$"):
         adapter.set_references("c", keyed_references(["n0"], (32, 32)), empty)
+    full = keyed_references(["a0"], (32, 32))
+    full.masks, full.samples = torch.ones(1, 32, 32), [{"path": "cut/a0.png"}]
+    with pytest.raises(GadbenchError, match=r"^cut/a0\.png: N0 takes the normal patches from the abnormal references"):
+        adapter.set_references("c", keyed_references([], (32, 32)), full)
     with pytest.raises(GadbenchError, match="variant must be one of"):
         NNAblationAdapter({"variant": "both"}, stored_context(maps))
 
@@ -164,12 +169,12 @@ def test_nagl_training_is_adamw_with_the_step_schedule_over_the_episodes(tmp_pat
     saved = train_nagl(model, bank, config, tmp_path, "h")
     optimizer = torch.optim.AdamW(reference.parameters(), lr=2e-3, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[1, 2], gamma=0.5)
-    rng, categories = np.random.default_rng(7), bank.usable_categories(1)
+    rng, categories = np.random.default_rng(7), bank.usable_categories(1, "clean", 1)
     losses = []
     for _ in range(3):
         epoch = []
         for _ in range(3):  # 12 episodes in batches of 4
-            episodes = [sample_episode(rng, bank, 1, categories) for _ in range(4)]
+            episodes = [sample_episode(rng, bank, 1, categories, "clean", 1) for _ in range(4)]
             masks = bank.pixel_masks[[e.query for e in episodes]].float()
             loss, _ = episode_loss(run_episodes(reference, bank, episodes, torch.device("cpu")), masks,
                                    torch.tensor([e.label for e in episodes]), bank.grid, config)
@@ -223,6 +228,18 @@ def test_dinov2_resize_without_offset_is_a_bicubic_resize_to_the_grid(grid, anti
     assert torch.equal(out[0, :1], pos_embed[0, :1])
     torch.testing.assert_close(out[0, 1:], expected.permute(1, 2, 0).reshape(-1, 3), atol=1e-6, rtol=1e-6)
 
+
+
+def test_dinov2_resize_with_offset_antialiases_a_downscale_when_asked():
+    """interpolate_antialias (hub models that set it): an antialiased downscale of a white-noise
+    grid (8 x 8 -> 3 x 3) averages neighbours, so its values vary several times less."""
+    from benchmark.features.pos_embed import dinov2_hub_resize
+
+    torch.manual_seed(0)
+    pos_embed = torch.randn(1, 1 + 64, 3)
+    smooth = dinov2_hub_resize(pos_embed, (3, 3), antialias=True)[0, 1:]
+    sharp = dinov2_hub_resize(pos_embed, (3, 3), antialias=False)[0, 1:]
+    assert (smooth.var(dim=0) * 4 < sharp.var(dim=0)).all()
 
 def test_nn_ablation_at_n0_takes_the_normal_patches_from_the_abnormal_references(nn_features):
     """N0: no normal reference; the abnormal reference's patches outside its mask are the normal

@@ -104,6 +104,28 @@ def test_mask_downsampling_any_pixel_and_official_conv():
     assert official[1, 1] == 1 and official.sum() == 1
 
 
+
+def _padded_window_any(mask: np.ndarray, kernel: int) -> np.ndarray:
+    """The code's conv as a loop: window (i, j) reads rows and columns [kernel * i - 1,
+    kernel * i + kernel - 1) of the mask padded by one zero pixel; 1 where any pixel is set."""
+    padded = np.pad(mask, 1)
+    size = (mask.shape[0] + 2 - kernel) // kernel + 1
+    return np.array([[padded[i * kernel:i * kernel + kernel, j * kernel:j * kernel + kernel].any() for j in range(size)]
+                     for i in range(size)], dtype=float)
+
+
+@pytest.mark.parametrize("side,grid", [(12, 4), (8, 4), (4, 4)])
+def test_official_conv_windows_and_the_nearest_resize_when_the_padding_adds_patches(side, grid):
+    """Kernels of 1 or 2 pixels give grid + 2 or grid + 1 windows; they are taken back to the
+    grid by torch's nearest rule, window floor(i * windows / grid)."""
+    mask = np.random.default_rng(side).random((side, side)) > 0.85
+    windows = _padded_window_any(mask.astype(float), side // grid)
+    pick = np.floor(np.arange(grid) * len(windows) / grid).astype(int)
+    want = windows[np.ix_(pick, pick)].ravel()
+    got = downsample_mask(torch.from_numpy(mask)[None], (grid, grid), "official-conv")[0].numpy()
+    np.testing.assert_array_equal(got, want)
+    assert len(windows) == {12: 4, 8: 5, 4: 6}[side]
+
 def test_official_position_mask_changes_the_encoding_only_with_a_mask():
     plain = sine_position_encoding(4, 4, 16)
     masked = torch.zeros(1, 4, 4, dtype=torch.bool)
@@ -152,10 +174,10 @@ def tiny_bank(seed=0, n_per_category=10):
 def test_episode_sampler_never_uses_the_query_as_a_reference():
     bank = tiny_bank()
     rng = np.random.default_rng(0)
-    categories = bank.usable_categories(2)
+    categories = bank.usable_categories(2, "clean", 1)
     seen_labels = set()
     for _ in range(500):
-        episode = sample_episode(rng, bank, 2, categories)
+        episode = sample_episode(rng, bank, 2, categories, "clean", 1)
         [abnormal] = episode.abnormal
         assert episode.query not in episode.normal and episode.query != abnormal
         assert len(set(episode.normal)) == 2
@@ -171,7 +193,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     model = make_model()
     config = TrainConfig(k_normal=1, epochs=1, episodes_per_epoch=8, batch_size=8, learning_rate=1e-3)
     rng = np.random.default_rng(5)
-    episodes = [sample_episode(rng, bank, 1, bank.usable_categories(1)) for _ in range(16)]
+    episodes = [sample_episode(rng, bank, 1, bank.usable_categories(1, "clean", 1), "clean", 1) for _ in range(16)]
     labels = torch.tensor([e.label for e in episodes])
     masks = bank.pixel_masks[[e.query for e in episodes]].float()
 
@@ -194,7 +216,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
 def test_both_image_losses_are_finite_and_differ(image_loss):
     bank = tiny_bank()
     model = make_model()
-    episodes = [sample_episode(np.random.default_rng(1), bank, 1, bank.usable_categories(1)) for _ in range(4)]
+    episodes = [sample_episode(np.random.default_rng(1), bank, 1, bank.usable_categories(1, "clean", 1), "clean", 1) for _ in range(4)]
     output = run_episodes(model, bank, episodes, torch.device("cpu"))
     labels = torch.tensor([e.label for e in episodes])
     masks = bank.pixel_masks[[e.query for e in episodes]].float()
@@ -307,9 +329,64 @@ def test_an_epoch_steps_once_per_started_batch_with_the_configured_episodes():
     with mock.patch.object(train_module, "sample_episode",
                            side_effect=lambda rng, b, k, c, sampler, j: real(rng, b, k, c, "clean", 1)) as draw, \
             mock.patch.object(optimizer, "step", wraps=optimizer.step) as step:
-        train_module.train_epoch(model, bank, config, optimizer, np.random.default_rng(0), bank.usable_categories(1))
+        train_module.train_epoch(model, bank, config, optimizer, np.random.default_rng(0), bank.usable_categories(1, "clean", 1))
     assert step.call_count == 3 and draw.call_count == 12
     assert {(call.args[4], call.args[5]) for call in draw.call_args_list} == {("official", 2)}
-    episode = sample_episode(np.random.default_rng(2), bank, 0, bank.usable_categories(0))
+    episode = sample_episode(np.random.default_rng(2), bank, 0, bank.usable_categories(0, "clean", 1), "clean", 1)
     alone = run_episodes(make_model(), bank, [episode], torch.device("cpu"))
     assert alone["score"].shape == (1, 64) and alone["s_a"].shape == (1, 64)
+
+
+def _rule_bank(normal_counts: dict, defect_rows: dict) -> EpisodeBank:
+    """A bank of blank images, in this order: normal_counts[category] normal ones, then for each (category, type)
+    one row per abnormal image, True where its mask covers a patch."""
+    categories, labels, defects, covers = [], [], [], []
+    for category, count in normal_counts.items():
+        categories += [category] * count
+        labels += [0] * count
+        defects += ["good"] * count
+        covers += [False] * count
+    for (category, defect), rows in defect_rows.items():
+        categories += [category] * len(rows)
+        labels += [1] * len(rows)
+        defects += [defect] * len(rows)
+        covers += rows
+    n = len(categories)
+    patch_masks = torch.zeros(n, 4)
+    patch_masks[torch.tensor(covers), 0] = 1
+    return EpisodeBank(torch.zeros(n, 4, 2), torch.zeros(n, 4, 4, dtype=torch.bool), patch_masks, categories, labels,
+                       defects, (2, 2))
+
+
+def test_a_category_is_usable_with_k_plus_one_normals_clean_or_k_official_and_j_covering_masks_of_one_type():
+    """docs/protocol.md, episode rules: the clean sampler keeps the query out of the k normal
+    references, so it needs k + 1 normal images; the official one may reuse a reference as the
+    query (k). A^j needs j images of one defect type whose masks cover a patch."""
+    assert EpisodeBank.normal_images_needed(3, "clean") == 4 and EpisodeBank.normal_images_needed(3, "official") == 3
+    bank = _rule_bank({"a": 3, "b": 2}, {("a", "dent"): [True, True], ("b", "dent"): [True, False],
+                                          ("b", "cut"): [False, False]})
+    assert bank.usable_categories(2, "clean", 1) == ["a"] and bank.usable_categories(2, "official", 1) == ["a", "b"]
+    assert bank.usable_categories(2, "official", 2) == ["a"]  # b's dents: one mask covers a patch
+    assert bank.reference_types("b", 1) == ["dent"] and bank.reference_types("b", 2) == []
+    assert bank.reference_types("a", 2) == ["dent"] and bank.reference_types("a", 3) == []
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        two = sample_episode(rng, bank, 1, ["a"], "clean", 2)
+        assert sorted(two.abnormal) == [5, 6] and two.label == 0  # both dents are references: the query is normal
+        one = sample_episode(rng, bank, 0, ["b"], "clean", 1)
+        assert one.abnormal == [7] and one.normal == []  # the dent whose mask covers a patch
+
+
+def test_every_attention_matrix_starts_xavier_uniform():
+    """The code re-initialises each attention layer's matrices with xavier_uniform_ (bound
+    sqrt(6 / (fan_in + fan_out)), Glorot and Bengio 2010); torch's own default for the output
+    projection is kaiming_uniform(a = sqrt(5)), bound 1 / sqrt(fan_in), sqrt(3) times smaller."""
+    from nagl.model import AttentionLayer
+
+    torch.manual_seed(0)
+    layer = AttentionLayer(64, 4)
+    for name, weight in (("in_proj", layer.attention.in_proj_weight), ("out_proj", layer.attention.out_proj.weight)):
+        fan_out, fan_in = weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.95 * bound, name
+        assert weight.var().item() == pytest.approx(bound ** 2 / 3, rel=0.05), name

@@ -127,7 +127,7 @@ def test_target_selection_scores_as_the_official_validation():
     value = target_selector(bank, 1, seed=111, count=60, device=torch.device("cpu"))(ScoreFromFeatures(), 7)
 
     rng = np.random.default_rng([111, 7])  # fresh episodes per epoch, seeded by (training seed, epoch)
-    episodes = [sample_episode(rng, bank, 1, bank.usable_categories(1)) for _ in range(60)]
+    episodes = [sample_episode(rng, bank, 1, bank.usable_categories(1, "clean", 1), "clean", 1) for _ in range(60)]
     image, pixel = [], []
     for category in sorted(set(bank.categories)):
         chosen = [e for e in episodes if bank.categories[e.query] == category]

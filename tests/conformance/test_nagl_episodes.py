@@ -47,10 +47,10 @@ def ours(layout: dict, k: int, sampler: str) -> list[str]:
     """gadbench's episodes in the fixture's format."""
     bank, names = bank_of(layout)
     rng = np.random.default_rng(0)
-    categories = bank.usable_categories(k, sampler)
+    categories = bank.usable_categories(k, sampler, 1)
     rows = []
     for _ in range(DRAWS):
-        e = sample_episode(rng, bank, k, categories, sampler)
+        e = sample_episode(rng, bank, k, categories, sampler, 1)
         rows.append("|".join([bank.categories[e.query], names[e.query], str(e.label),
                               ";".join(names[i] for i in e.normal), ";".join(names[i] for i in e.abnormal)]))
     return rows
