@@ -234,3 +234,106 @@ def test_what_an_experiment_file_leaves_out_takes_its_documented_default(tmp_pat
     assert experiment.tables == {"t": {"targets": ["tiny_objects"], "mean": True, "kind": "coverage"}}
     assert experiment.categories == {"tiny_objects": ["a"]} and experiment.protocol == "official"
     assert experiment.protocol_options == {"nested_block": 2, "abnormal_block": 1}
+
+
+def test_the_backbone_catalogue_is_a_fresh_copy_and_reread_when_its_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from benchmark import config
+
+    (tmp_path / "backbones.yaml").write_text("b: {channels: [1, 2]}\n")
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+    first = config.backbone_catalogue()
+    first["b"]["channels"].append(3)  # a caller's edit never reaches the cached parse
+    assert config.backbone_catalogue() == {"b": {"channels": [1, 2]}}
+    (tmp_path / "backbones.yaml").write_text("b: {channels: [4]}\n")
+    os.utime(tmp_path / "backbones.yaml", ns=(10**18, 10**18))  # a new mtime, however coarse the clock
+    assert config.backbone_catalogue() == {"b": {"channels": [4]}}
+
+
+def _experiment_data(path):
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("key,value", [("pairs", []), ("settings", []), ("seeds", []), ("settings", "N1")])
+def test_an_empty_or_non_list_grid_axis_is_refused_naming_it(tmp_path, synthetic_root, key, value):
+    from benchmark.run.experiment import load_experiment
+
+    path = write_experiment(tmp_path / "e.yaml", synthetic_root, **{key: value} if key == "pairs" else {})
+    data = _experiment_data(path)
+    data[key] = value
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(GadbenchError, match="^" + re.escape(f"{path}: {key} must be a list of at least one entry, not {value!r}")):
+        load_experiment(path)
+
+
+def test_without_a_data_root_an_experiment_reads_the_projects_data_folder(tmp_path, synthetic_root, monkeypatch):
+    from benchmark.config import PROJECT_ROOT
+    from benchmark.run.experiment import load_experiment
+
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    path = write_experiment(tmp_path / "e.yaml", synthetic_root)
+    data = _experiment_data(path)
+    del data["data_root"]
+    path.write_text(yaml.safe_dump(data))
+    experiment = load_experiment(path)
+    assert experiment.data_root == PROJECT_ROOT / "data" and experiment.path == path
+    assert load_experiment(path, tmp_path).data_root == tmp_path  # absolute: kept
+
+
+def test_what_is_wrong_in_an_experiment_file_is_named_with_the_file_and_the_place(tmp_path, synthetic_root):
+    from benchmark.run.experiment import load_experiment
+
+    path = write_experiment(tmp_path / "e.yaml", synthetic_root)
+    good = _experiment_data(path)
+    cases = [
+        ({"pairs": [["tiny_objects", "tiny_textures", "tiny_objects"]]}, "a pair is [source, target], not"),
+        ({"protocol_options": {"nested_blok": 2}}, "protocol_options: unknown key 'nested_blok'; did you mean 'nested_block'"),
+        ({"tables": {"main": {"target": ["tiny_objects"]}}}, "table 'main': unknown key 'target'; did you mean 'targets'"),
+        ({"tables": {"main": {"mean": True}}}, "table 'main': missing key 'targets'"),
+        ({"methods": ["nagl_lite"]}, "unknown method 'nagl_lite'; did you mean 'nagl_lite0'"),
+        ({"methods": [{"name": "x", "adapter": "normal_nn", "colour": 1}]}, "unknown key 'colour'"),
+        ({"methods": [{"name": "x"}]}, "missing key 'adapter'"),
+        ({"methods": [{"name": "x", "adapter": "normal_nn", "colour": 1, "sweep": {"seed": [1]}}]}, "unknown key 'colour'"),
+    ]
+    for change, message in cases:
+        path.write_text(yaml.safe_dump({**good, **change}))
+        with pytest.raises(GadbenchError, match="^" + re.escape(f"{path}: ") + ".*" + re.escape(message)):
+            load_experiment(path)
+
+
+def test_a_named_methods_own_file_is_named_when_it_is_wrong(tmp_path, monkeypatch):
+    from benchmark.run import experiment as experiment_module
+
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "mine.yaml").write_text("adapter: normal_nn\ncolour: red\n")
+    monkeypatch.setattr(experiment_module, "CONFIG_DIR", tmp_path)
+    with pytest.raises(GadbenchError, match="^" + re.escape(f"{tmp_path / 'methods' / 'mine.yaml'}: unknown key 'colour'")):
+        experiment_module.load_method("mine", "e.yaml")
+    with pytest.raises(GadbenchError, match=r"^e\.yaml: unknown method 'mien'; did you mean 'mine'"):
+        experiment_module.load_method("mien", "e.yaml")
+
+def test_an_inline_method_without_a_label_is_shown_by_its_name_and_the_default_table_keeps_pair_order(tmp_path, synthetic_root):
+    from benchmark.run.experiment import load_experiment
+
+    path = write_experiment(tmp_path / "e.yaml", synthetic_root, pairs=[["tiny_textures", "tiny_textures"], ["tiny_textures", "tiny_objects"],
+                                                                         ["tiny_objects", "tiny_textures"]],
+                            methods=[{"name": "plain", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet", "input_size": 96}}])
+    data = _experiment_data(path)
+    del data["tables"]
+    path.write_text(yaml.safe_dump(data))
+    experiment = load_experiment(path)
+    assert [m.label for m in experiment.methods] == ["plain"]
+    assert experiment.tables["main"]["targets"] == ["tiny_textures", "tiny_objects"]  # first seen, not sorted
+
+
+def test_a_training_free_method_has_one_cell_per_target_and_a_trained_one_one_per_pair(tmp_path, synthetic_root):
+    from benchmark.run.experiment import load_experiment
+
+    methods = [{"name": "nn", "adapter": "normal_nn", "config": {"backbone": "lite0_imagenet", "input_size": 96}}, "nagl_lite0"]
+    pairs = [["tiny_textures", "tiny_objects"], ["tiny_objects", "tiny_objects"], ["tiny_objects", "tiny_textures"]]
+    path = write_experiment(tmp_path / "e.yaml", synthetic_root, methods=methods, pairs=pairs, settings=["N1+A1"], seeds=[0])
+    ids = [cell.id for cell, why_not in load_experiment(path).grid()]
+    assert ids == ["nn/*->tiny_objects/N1+A1/seed0", "nn/*->tiny_textures/N1+A1/seed0",
+                   "nagl_lite0/tiny_textures->tiny_objects/N1+A1/seed0", "nagl_lite0/tiny_objects->tiny_objects/N1+A1/seed0",
+                   "nagl_lite0/tiny_objects->tiny_textures/N1+A1/seed0"]

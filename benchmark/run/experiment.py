@@ -179,7 +179,7 @@ def check_abnormal_block(settings: list[Setting], protocol: str, options: dict, 
     block = options["abnormal_block"]
     if not isinstance(block, int) or block < 1:
         raise GadbenchError(f"{where}: protocol_options.abnormal_block must be a whole number >= 1, not {block!r}")
-    largest = max((s.k_abnormal for s in settings), default=0)
+    largest = max(s.k_abnormal for s in settings)
     if protocol == "clean" and largest > block:
         raise GadbenchError(f"{where}: setting with A{largest} needs protocol_options.abnormal_block >= {largest}"
                             f" (it is {block}): set `protocol_options: {{abnormal_block: {largest}}}`")
@@ -191,6 +191,9 @@ def load_experiment(path: str | Path, data_root: str | Path | None = None, adapt
     data = load_yaml(path)
     where = str(path)
     check_keys(where, data, EXPERIMENT_KEYS, {"pairs", "settings", "seeds"})
+    for key in ("pairs", "settings", "seeds"):
+        if not isinstance(data[key], list) or not data[key]:
+            raise GadbenchError(f"{where}: {key} must be a list of at least one entry, not {data[key]!r}")
     root = data_root or os.environ.get("DATA_ROOT") or _expand(str(data.get("data_root", "data")))
     root = Path(root)
     root = root if root.is_absolute() else (PROJECT_ROOT / root)
