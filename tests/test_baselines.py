@@ -261,3 +261,30 @@ def test_patchcore_embedding_with_a_five_neighbourhood_equals_a_loop():
             values = padded[:, y:y + 5, x:x + 5].reshape(-1)
             bins = [values[(i * length) // dimension: -(-(i + 1) * length // dimension)].mean() for i in range(dimension)]
             assert np.allclose(out[0, :, y, x].numpy(), bins)
+
+
+def test_winclip_refuses_a_weights_file_that_lacks_a_tensor_of_its_architecture(tmp_path, tiny_clip):
+    import hashlib
+
+    config, _ = tiny_clip
+    path = tmp_path / "weights" / "tiny-clip.pt"
+    state = torch.load(path, weights_only=True)["state_dict"]
+    dropped = sorted(state)[0]
+    del state[dropped]
+    torch.save({"state_dict": state}, path)
+    config = {**config, "scales": [2], "weights": {**config["weights"], "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+    with pytest.raises(RuntimeError, match=re.escape(dropped.removeprefix("module."))):
+        WinCLIPAdapter(config, context(tmp_path)).model
+
+
+def test_winclip_cache_key_changes_with_the_architecture_the_weights_and_the_scales(tmp_path, tiny_clip):
+    config, _ = tiny_clip
+    adapter = WinCLIPAdapter({**config, "scales": [2]}, context(tmp_path))
+    adapter._weights_sha256 = "a" * 64
+    key = adapter._encoder_id()
+    assert key.startswith("winclip:tiny-clip:") and "@" + "a" * 16 + "/scales[2]" in key
+    other_architecture = WinCLIPAdapter({**config, "scales": [2], "clip_model_config": {"embed_dim": 8}}, context(tmp_path))
+    other_architecture._weights_sha256 = "a" * 64
+    assert other_architecture._encoder_id() != key
+    adapter._weights_sha256 = "b" * 64
+    assert adapter._encoder_id() != key

@@ -152,3 +152,25 @@ def test_region_weights_are_one_over_regions_times_region_size():
     # pixel order: the masks' defect pixels row by row, image after image
     assert weights.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 9, 1 / 9, 1 / 9, 1 / 3], abs=1e-15)
     assert region_weights([np.zeros((2, 2), bool)]).shape == (0,)
+
+
+def test_aupro_interpolates_pro_linearly_at_the_limit_between_its_neighbours():
+    """Points (0, 0), (0.1, 0.2), (0.2, 0.4), then PRO at 0.3 is halfway from 0.4 (FPR 0.2) to
+    0.8 (FPR 0.4): 0.6; area 0.01 + 0.03 + 0.05 = 0.09, over the limit 0.3."""
+    from benchmark.run.metrics import aupro_from_curve
+
+    assert aupro_from_curve(np.array([0.1, 0.2, 0.4, 1.0]), np.array([0.2, 0.4, 0.8, 1.0]), 0.3) == pytest.approx(0.3, abs=1e-12)
+
+
+def test_aupro_of_a_curve_that_ends_before_the_limit_is_its_area_so_far_over_the_limit():
+    from benchmark.run.metrics import aupro_from_curve
+
+    # (0, 0), (0.1, 0.5), (0.2, 1.0): 0.025 + 0.075 = 0.1, over 0.3; nothing is extrapolated
+    assert aupro_from_curve(np.array([0.1, 0.2]), np.array([0.5, 1.0]), 0.3) == pytest.approx(0.1 / 0.3, abs=1e-12)
+
+
+def test_a_perfect_pro_curve_scores_exactly_one_whatever_the_float_rounding():
+    from benchmark.run.metrics import aupro_from_curve
+
+    # trapezoid over FPR 0, 0.03, 0.3 at PRO 1 sums to 1.0000000000000002 x 0.3 in float64
+    assert aupro_from_curve(np.array([0.0, 0.03, 0.3, 1.0]), np.ones(4), 0.3) == 1.0

@@ -150,6 +150,13 @@ def test_a_cell_part_is_the_mean_over_the_categories_that_have_it_with_counts_an
     assert covered["pixel_auroc"] is None and covered["pixel_auroc_interval"] is None  # no maps, no pixel value
     nothing = cell_coverage({"b": b}, by_construction=True)
     assert nothing["uncovered"] == {"anomalous": 0, "categories": 0} and nothing["by_construction"] is True
+    only_uncovered = category_coverage("u", 0, ["n1", "n2", "u"], [0, 0, 1], [0.1, 0.3, 0.2], [None, None, False], None)
+    later = cell_coverage({"u": only_uncovered}, by_construction=False)  # the first part is absent, the second still counted
+    assert later["covered"] == {"anomalous": 0, "categories": 0} and later["uncovered"]["image_auroc"] == pytest.approx(0.5)
+    scores = np.random.default_rng(0).random(10).tolist()  # 7 normal, 3 covered: AUROCs in 21sts
+    wide = category_coverage("w", 0, list("abcdefghij"), [0] * 7 + [1] * 3, scores, [None] * 7 + [True] * 3, None)
+    replicates = np.asarray(cell_coverage({"w": wide}, by_construction=False)["covered"]["bootstrap"]["image_auroc"])
+    assert (np.round(replicates, 6) == replicates).all() and (np.round(replicates, 5) != replicates).any()  # six decimals
 
 
 def test_a_parts_pixel_auroc_is_that_of_its_images_quantised_maps():

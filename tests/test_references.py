@@ -1,3 +1,4 @@
+import re
 import shutil
 from pathlib import Path
 
@@ -342,3 +343,44 @@ def test_a_manifest_read_back_resolves_paths_and_masks_under_the_data_root(data,
     assert Path(abnormal["path"]).is_file() and Path(abnormal["path"]).is_relative_to(root)
     assert Path(abnormal["mask"]).is_file() and Path(abnormal["mask"]).is_relative_to(root)
     assert pd.isna(normal["mask"])
+
+
+def test_an_official_plan_with_two_assigned_types_or_a_normal_query_without_one_is_refused_naming_it(data, tmp_path):
+    _, table = data
+    path, manifest = _manifest(data, tmp_path, "N1+A1", 0, protocol="official")
+    types = sorted(set(manifest[manifest.role == "abnormal"].defect))
+    assert len(types) >= 2 and plan_category(path, manifest, table, "washer", "official").manifest_path == path
+    assignment = manifest.index[manifest.role == "assignment"]
+    assert (manifest.loc[assignment, "mask"].isna()).all()  # an assignment row names no mask
+    two = manifest.copy()
+    two.loc[assignment[0], "defect"] = next(t for t in types if t != manifest.loc[assignment[0], "defect"])
+    with pytest.raises(GadbenchError, match="assigned several defect types"):  # two types are already several
+        plan_category(path, two, table, "washer", "official")
+    dropped = manifest.drop(index=assignment[1])
+    missing = manifest.loc[assignment[1], "path"]
+    with pytest.raises(GadbenchError, match="^" + re.escape(f"{path}: normal query {missing} has no assignment row")):
+        plan_category(path, dropped, table, "washer", "official")
+
+
+def test_a_manifest_path_outside_the_data_root_is_named_with_its_manifest(data, tmp_path):
+    root, _ = data
+    path, _ = _manifest(data, tmp_path, "N1+A1", 0)
+    for column, row in (("path", 0), ("mask", None)):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        row = frame.index[frame["mask"] != ""][0] if row is None else row
+        frame.loc[row, column] = "../elsewhere/000.png"
+        frame.to_csv(path, index=False)
+        with pytest.raises(GadbenchError, match="^" + re.escape(f"{path}: ") + ".*outside the data root"):
+            read_manifest(path, root)
+        path.unlink()
+        path, _ = _manifest(data, tmp_path, "N1+A1", 0)
+
+
+def test_an_official_plan_ignores_the_assignment_of_a_normal_query_no_longer_in_the_table(data, tmp_path):
+    """Assignment rows name queries, not references: a table subsampled since leaves them unused."""
+    _, table = data
+    path, manifest = _manifest(data, tmp_path, "N1+A1", 0, protocol="official")
+    gone = manifest[manifest.role == "assignment"].path.iloc[0]
+    plan = plan_category(path, manifest, table[table.path != gone], "washer", "official")
+    queries = pd.concat([g.queries for g in plan.groups])
+    assert gone not in set(queries.path) and len(queries) == ((table.category == "washer") & (table.split == "test")).sum() - 1

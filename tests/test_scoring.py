@@ -128,3 +128,87 @@ def test_floor_mask_resize_is_cv2_inter_nearest_and_the_default_is_pil_nearest(r
     np.testing.assert_array_equal(floor, expected_floor[top:top + 112, left:left + 112])
     np.testing.assert_array_equal(centre, expected_centre[top:top + 112, left:left + 112])
     assert (floor != centre).mean() > 0.05
+
+
+def test_row_chunk_takes_the_documented_budget_of_values_and_at_least_one_row():
+    """row_chunk's contract (its docstring): 2^20 values a block on the CPU, 2^28 on a GPU, at
+    least one row, never more rows than there are. torch.device('cuda') needs no GPU to exist."""
+    from benchmark.features.similarity import row_chunk
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert row_chunk(10**7, 1024, cpu) == 2**20 // 1024
+    assert row_chunk(10**9, 1024, cuda) == 2**28 // 1024
+    assert row_chunk(10**7, 1, cpu) == 2**20 and row_chunk(10**9, 1, cuda) == 2**28
+    assert row_chunk(7, 2**21, cpu) == 1 and row_chunk(7, 2**29, cuda) == 1  # one row, even past the budget
+    assert row_chunk(5, 10, cpu) == 5 and row_chunk(5, 0, cpu) == 5
+
+
+def test_operators_for_another_device_are_copied_once_each_and_the_copies_are_bounded():
+    """The meta device stands in for a GPU: maps on it keep their operators there; each operator
+    pair is copied once per device, the CPU ones are used as they are, and the copies are
+    dropped when 256 are held."""
+    from benchmark.run import maps as maps_module
+
+    pair = (torch.rand(4, 2), torch.rand(5, 2))
+    cpu = maps_module._on(torch.device("cpu"), pair, None, True)
+    assert cpu[0] is pair and cpu[1] is None and cpu[2] is True
+    maps_module._DEVICE_COPIES.clear()
+    to_input, to_original, fill = maps_module._on(torch.device("meta"), pair, pair, False)
+    assert to_input is to_original and fill is False  # one copy for one pair
+    assert [m.device.type for m in to_input] == ["meta", "meta"] and [m.shape for m in to_input] == [(4, 2), (5, 2)]
+    again = maps_module._on(torch.device("meta"), pair, None, False)
+    assert again[0] is to_input and again[1] is None and len(maps_module._DEVICE_COPIES) == 1
+    kept = [(torch.zeros(1, 1),) for _ in range(255)]  # alive: their ids stay distinct
+    for other in kept:
+        maps_module._on(torch.device("meta"), other, None, False)
+    assert len(maps_module._DEVICE_COPIES) == 256
+    maps_module._on(torch.device("meta"), (torch.zeros(1, 1),), None, False)
+    assert len(maps_module._DEVICE_COPIES) == 1  # cleared at 256, then the new one
+    maps_module._DEVICE_COPIES.clear()
+
+
+def test_maps_kept_on_their_device_come_back_there_at_each_original_size():
+    crop = Preprocessing(size=8, resize="shorter", resize_to=10)
+    maps = torch.rand(2, 4, 4).to("meta")
+    out, maxima = maps_at_original(maps, [(20, 30), (12, 12)], crop, 2.0, on_device=True)
+    assert [m.device.type for m in out] == ["meta", "meta"] and [tuple(m.shape) for m in out] == [(20, 30), (12, 12)]
+    assert np.isnan(maxima).all()
+
+
+def _finish_inputs(image_scores, blur_at, maps=None):
+    from types import SimpleNamespace
+
+    squash = Preprocessing(size=16)
+    adapter = SimpleNamespace(name="fake", config={"blur_sigma": 2.0}, map_blur_at=blur_at, preprocessing=lambda: squash)
+    prediction = SimpleNamespace(image_scores=image_scores, anomaly_maps=maps)
+    return adapter, prediction, SimpleNamespace(original_sizes=[(24, 24), (40, 20)])
+
+
+def test_finish_scores_a_method_without_image_scores_by_its_blurred_input_map_maximum():
+    """ResAD's image score: the maximum of the map upsampled to the input and blurred there
+    (scipy's gaussian_filter, reflect border), computed here one operation at a time."""
+    from scipy.ndimage import gaussian_filter
+
+    from benchmark.run.maps import finish
+
+    maps = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(3))
+    scores, out = finish(*_finish_inputs(None, "input", maps))
+    upsampled = F.interpolate(maps[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0].numpy()
+    want = [gaussian_filter(m, 2.0).max() for m in upsampled]
+    assert scores.dtype == np.float64 and [m.shape for m in out] == [(24, 24), (40, 20)]
+    np.testing.assert_allclose(scores, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="^fake: no image scores and no input-space maps"):
+        finish(*_finish_inputs(None, "original", maps))  # blurred at the original size: no input maximum
+    with pytest.raises(ValueError, match="^fake: no image scores"):
+        finish(*_finish_inputs(None, "input"))  # neither scores nor maps
+
+
+def test_finish_keeps_given_image_scores_as_float64_and_no_maps_for_an_image_level_method():
+    from benchmark.run.maps import finish
+
+    given = torch.tensor([0.1, 0.7], dtype=torch.float32)
+    scores, out = finish(*_finish_inputs(given, "input"))
+    assert out is None and scores.dtype == np.float64
+    np.testing.assert_array_equal(scores, given.double().numpy())
+    scores, out = finish(*_finish_inputs(given, "input", torch.zeros(2, 4, 4)))
+    np.testing.assert_array_equal(scores, given.double().numpy())  # not the maps' maxima (0)
