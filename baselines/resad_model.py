@@ -228,7 +228,7 @@ class ConvBnAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-def conditional_flow(dim: int, condition_dim: int, coupling_layers: int, clamp: float, soft_permutation: bool = True):
+def conditional_flow(dim: int, condition_dim: int, coupling_layers: int, clamp: float, soft_permutation: bool):
     import FrEIA.framework as Ff
     import FrEIA.modules as Fm
 
@@ -246,8 +246,7 @@ class ResADModel(nn.Module):
     """for_loading: the permutations are about to be overwritten by a checkpoint, so skip drawing
     random orthogonal ones (FrEIA's soft permutation: minutes for 1024 channels x 10 couplings)."""
 
-    def __init__(self, channels: list[int], coupling_layers: int = 10, clamp: float = 1.9, position_dim: int = 256,
-                 for_loading: bool = False):
+    def __init__(self, channels: list[int], coupling_layers: int, clamp: float, position_dim: int, for_loading: bool = False):
         super().__init__()
         self.position_dim = position_dim
         self.constraintor = nn.ModuleList(ConvBnAct(c) for c in channels)

@@ -118,7 +118,7 @@ def test_resad_log_likelihood_maps_are_the_gaussian_density_per_dimension():
     from baselines.resad_model import ResADModel, position_encoding
 
     torch.manual_seed(0)
-    model = ResADModel([4, 8], coupling_layers=2, position_dim=8).eval()
+    model = ResADModel([4, 8], coupling_layers=2, clamp=1.9, position_dim=8).eval()
     residuals = [torch.rand(2, 4, 3, 5), torch.rand(2, 8, 2, 2)]
     with torch.no_grad():
         maps = model.log_likelihood_maps(residuals)

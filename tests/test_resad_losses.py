@@ -190,8 +190,8 @@ def test_a_new_model_draws_soft_permutations_and_a_model_for_loading_skips_them(
     one built for load_state_dict takes hard ones (they are overwritten, and soft ones at 1024
     channels take long to draw)."""
     np.random.seed(0)
-    trained = ResADModel([8], coupling_layers=2, position_dim=8)
-    loading = ResADModel([8], coupling_layers=2, position_dim=8, for_loading=True)
+    trained = ResADModel([8], coupling_layers=2, clamp=1.9, position_dim=8)
+    loading = ResADModel([8], coupling_layers=2, clamp=1.9, position_dim=8, for_loading=True)
 
     def is_permutation(block):
         w = block.w_perm.detach().reshape(8, 8)
