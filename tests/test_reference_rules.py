@@ -19,6 +19,21 @@ def table(good=("train/good/000.png", "train/good/001.png", "train/good/002.png"
 def test_train_good_images_are_sorted_by_file_name_keeping_the_table_order_of_equal_names():
     mixed = table(good=("b/001.png", "a/002.png", "a/001.png"))
     assert list(normal_references(mixed, "c", -1, 0, "nested", 4).path) == ["b/001.png", "a/001.png", "a/002.png"]
+    # 80 images: numpy's default quicksort is no longer an insertion sort and would swap equal names
+    many = table(good=[f"b/{i:03d}.png" for i in range(40)] + [f"a/{i:03d}.png" for i in range(40)])
+    assert list(normal_references(many, "c", -1, 0, "nested", 4).path) == [f"{d}/{i:03d}.png" for i in range(40) for d in "ba"]
+
+
+def test_a_mask_counts_as_defect_pixels_above_the_configured_threshold(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.data.reference_rules import _has_defect_pixels
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "image.png")
+    Image.fromarray(np.full((4, 4), 100, np.uint8)).save(tmp_path / "mask.png")
+    row = {"path": str(tmp_path / "image.png"), "mask": str(tmp_path / "mask.png")}
+    assert _has_defect_pixels(row, 99) and not _has_defect_pixels(row, 100)  # pixel > threshold
 
 
 def test_each_rule_slices_the_sorted_images_and_k0_takes_none():

@@ -119,7 +119,7 @@ def test_a_manifest_pointing_outside_the_data_root_is_rejected(data, tmp_path):
 
 
 def test_k_larger_than_the_normal_images_is_a_clear_error(data, tmp_path):
-    with pytest.raises(GadbenchError, match="has 8 train/good images; k=4 at seed 2"):
+    with pytest.raises(GadbenchError, match="category 'washer' has 8 train/good images; k=4 at seed 2"):
         _manifest(data, tmp_path, "N4", 2)
 
 
@@ -334,6 +334,7 @@ def test_manifest_files_are_named_by_setting_and_seed_and_a_clean_block_other_th
     assert name("clean", "N4+A2", 4).name == "n4_a2_seed2_block4.csv"
     assert name("official", "N4+A2", 4).name == "n4_a2_seed2.csv"  # the official slices have no block
     assert name("clean", "Nall", 1).name == "nall_a0_seed2.csv"
+    assert _manifest(data, tmp_path, "N1+A1", 0, block=2)[0] == tmp_path / "refs" / "clean" / "objects" / "washer" / "n1_a1_seed0_block2.csv"
 
 
 def test_a_manifest_read_back_resolves_paths_and_masks_under_the_data_root(data, tmp_path):
