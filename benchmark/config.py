@@ -24,9 +24,9 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f" line {mark.line + 1}:" if mark else ""  # a reader error (a forbidden character) has no mark
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise GadbenchError(f"{path}:{where}: malformed YAML ({problem}); fix the syntax") from None
+        raise GadbenchError(f"{path}:{where} malformed YAML ({problem}); fix the syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -288,3 +288,32 @@ def test_winclip_cache_key_changes_with_the_architecture_the_weights_and_the_sca
     assert other_architecture._encoder_id() != key
     adapter._weights_sha256 = "b" * 64
     assert adapter._encoder_id() != key
+
+
+def test_concat_embedding_averages_each_level_over_a_zero_padded_window_of_any_odd_size():
+    """anomalib's 'concat' aggregation at neighbourhood 5: scipy's uniform_filter with zero
+    padding counted (mode='constant') is the same average, computed independently."""
+    from scipy.ndimage import uniform_filter
+
+    level = torch.rand(1, 2, 7, 9, generator=torch.Generator().manual_seed(0))
+    out = concat_embedding([level], 5)
+    want = np.stack([uniform_filter(level[0, c].double().numpy(), size=5, mode="constant") for c in range(2)])
+    assert out.shape == (1, 2, 7, 9)
+    np.testing.assert_allclose(out[0].numpy(), want, atol=1e-6)
+
+
+def test_winclip_adapters_with_other_scales_never_share_cached_embeddings(tmp_path, tiny_clip):
+    """One feature cache for two WinCLIP variants (the cells of a scales sweep): each gets its own
+    embeddings, so its scores equal those it gives with a cache of its own."""
+    config, _ = tiny_clip
+    torch.manual_seed(6)
+    references, queries = torch.randn(1, 3, 64, 64), torch.randn(2, 3, 64, 64)
+
+    def scores(adapter):
+        adapter.set_references("bottle", batch(references, cls=ReferenceSet), None)
+        return scored(adapter, batch(queries)).image_scores
+
+    shared = context(tmp_path / "shared", tmp_path / "weights")
+    scores(WinCLIPAdapter({**config, "scales": [2]}, shared))
+    both = scores(WinCLIPAdapter({**config, "scales": [2, 3]}, shared))
+    np.testing.assert_allclose(both, scores(WinCLIPAdapter({**config, "scales": [2, 3]}, context(tmp_path / "own", tmp_path / "weights"))), rtol=1e-6)

@@ -186,6 +186,11 @@ def test_a_malformed_yaml_file_is_named_with_its_line_and_problem(tmp_path):
         load_yaml(bad)
     # the unclosed list is found where the next key starts, on line 3 (PyYAML counts from 0)
     assert str(caught.value) == f"{bad}: line 3: malformed YAML (expected ',' or ']', but got ':'); fix the syntax"
+    bad.write_text("name: x\a\n")  # a control character: PyYAML's reader refuses it before parsing, with no line
+    with pytest.raises(GadbenchError) as caught:
+        load_yaml(bad)
+    assert str(caught.value) == (f"{bad}: malformed YAML (unacceptable character #x0007: special characters are not"
+                                 " allowed); fix the syntax")
 
 
 def test_the_data_root_comes_from_the_caller_then_data_root_then_the_file(tmp_path, synthetic_root, monkeypatch):

@@ -129,6 +129,41 @@ def test_threads_and_batches_count_as_one_image_at_a_time():
     np.testing.assert_array_equal(np.stack(many.histograms), np.stack(one.histograms))
 
 
+
+def _far_on_both_sides():
+    """Defect scores in one bucket around 0.5; normal pixels far below (0.01) and far above (4.0)."""
+    rng = np.random.default_rng(11)
+    masks, maps = [], []
+    for shape in [(12, 9), (7, 15), (10, 10)]:
+        mask = np.zeros(shape, bool)
+        mask[2:5, 3:7] = True
+        amap = np.where(rng.random(shape) < 0.5, np.float32(0.01), np.float32(4.0))
+        amap[mask] = (0.5 + rng.integers(0, 5, int(mask.sum())) * 1e-6).astype(np.float32)
+        amap[0, :3] = amap[mask][:3]  # normal pixels tied with defect ones inside the span
+        masks.append(mask)
+        maps.append(amap.astype(np.float32))
+    return masks, maps
+
+
+@pytest.mark.parametrize("searched", [False, True], ids=["slot table", "binary search"])
+@pytest.mark.parametrize("name", ["random", "heavy ties", "one-pixel defects", "defects in distant buckets", "far on both sides"])
+def test_one_chunk_of_many_images_counts_as_scikit_learn(name, searched):
+    """second_pass() in one thread: every image in one chunk, so the per-chunk sums (slot counts
+    flushed several times, pixels by bucket or by side) add up over images, not just per image."""
+    from unittest import mock
+
+    masks, maps = _far_on_both_sides() if name == "far on both sides" else cases()[name]
+    pixels = PixelAccumulator(max_table_buckets=0 if searched else 768)
+    for mask, amap in zip(masks, maps):
+        pixels.add(mask, amap)
+    pixels.finish()
+    with mock.patch("benchmark.run.pixel_accumulator.workers_for", return_value=1):
+        pixels.second_pass(maps)
+    got, want = pixels.metrics(), reference(masks, maps)
+    for metric in ("pixel_auroc", "pixel_ap", "pixel_f1_max"):
+        assert got[metric] == pytest.approx(want[metric], abs=1e-12), metric
+    assert got["pixel_aupro"] == pytest.approx(want["pixel_aupro"], abs=1e-9)
+
 def test_the_bootstrap_histograms_come_out_of_the_second_pass_as_before():
     masks, maps = cases()["random"]
     np.testing.assert_array_equal(np.stack(accumulate(masks, maps).histograms), pixel_histograms(masks, maps))
@@ -182,16 +217,7 @@ def test_maps_finished_on_the_device_equal_the_host_path(blur_at, resize):
 def test_normal_pixels_on_both_sides_of_a_contiguous_span_count_below_and_above_every_threshold(searched):
     """Defect scores in one bucket around 0.5; normal pixels far below (0.01) and far above (4.0)
     it, in buckets of their own, are counted by side, and the curve still equals scikit-learn's."""
-    rng = np.random.default_rng(11)
-    masks, maps = [], []
-    for shape in [(12, 9), (7, 15)]:
-        mask = np.zeros(shape, bool)
-        mask[2:5, 3:7] = True
-        amap = np.where(rng.random(shape) < 0.5, np.float32(0.01), np.float32(4.0))
-        amap[mask] = (0.5 + rng.integers(0, 5, int(mask.sum())) * 1e-6).astype(np.float32)
-        amap[0, :3] = amap[mask][:3]  # normal pixels tied with defect ones inside the span
-        masks.append(mask)
-        maps.append(amap.astype(np.float32))
+    masks, maps = _far_on_both_sides()
     pixels = accumulate(masks, maps, max_table_buckets=0 if searched else 768)
     assert pixels.contiguous and pixels.searched == searched
     assert searched or (pixels.outside > 0).all()  # the table path counts the far pixels by side

@@ -70,3 +70,51 @@ def test_manifest_shortages_of_n0_ignore_train_good_and_suggest_a_protocol():
     # the official protocol's normal rule is the slice: k = 2 at seed 1 takes images 2 and 3 of 3
     assert manifest_shortages(table(), "c", parse_setting("N2"), 1, "official", 4, 127, abnormal_block=1) == [
         "category 'c' has 3 train/good images; k=2 at seed 1 (official-slice) needs 4: use fewer seeds or a smaller k"]
+
+
+def test_a_clean_block_never_draws_an_empty_mask_twice_at_any_seed(tmp_path):
+    """The documented draw, written out here: a type uniformly, then a file uniformly among its
+    sorted files. The first reference is drawn from every file, again and again until its mask is
+    not empty (as gadbench always drew its one reference); the rest of the block from the files
+    not drawn yet, an empty-mask file set aside for good wherever it was drawn. Checked over 20
+    seeds with two empty masks among six files, so that drawing an empty one twice would show."""
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.data.reference_rules import clean_abnormal_block
+
+    files = {"cut": ["c0", "c1", "c2"], "hole": ["h0", "h1", "h2"]}
+    empty = {"c1", "h0"}
+    rows = []
+    for defect, names in files.items():
+        for name in names:
+            image, mask = tmp_path / f"{name}.png", tmp_path / f"{name}_mask.png"
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(image)
+            Image.fromarray(np.full((4, 4), 0 if name in empty else 255, np.uint8)).save(mask)
+            rows.append({"category": "c", "split": "test", "label": 1, "path": str(image), "defect": defect, "mask": str(mask)})
+    table = pd.DataFrame(rows)
+    for seed in range(20):
+        rng = np.random.default_rng([seed, zlib.crc32(b"c")])
+        every = {d: [str(tmp_path / f"{n}.png") for n in names] for d, names in files.items()}
+
+        def draw(pool):
+            types = sorted(d for d, paths in pool.items() if paths)
+            paths = sorted(pool[types[rng.integers(len(types))]])
+            return paths[rng.integers(len(paths))]
+
+        def is_empty(path):
+            return path.rsplit("/", 1)[-1][:-4] in empty
+
+        rejected, want = set(), []
+        while not want:
+            path = draw(every)
+            (rejected.add if is_empty(path) else want.append)(path)
+        while len(want) < 4:
+            left = {d: [p for p in ps if p not in rejected and p not in want] for d, ps in every.items()}
+            if not any(left.values()):
+                break
+            path = draw(left)
+            (rejected.add if is_empty(path) else want.append)(path)
+        assert [r.path for r in clean_abnormal_block(table, "c", seed, 127, block=4)] == want, seed
