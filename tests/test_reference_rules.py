@@ -118,3 +118,8 @@ def test_a_clean_block_never_draws_an_empty_mask_twice_at_any_seed(tmp_path):
             path = draw(left)
             (rejected.add if is_empty(path) else want.append)(path)
         assert [r.path for r in clean_abnormal_block(table, "c", seed, 127, block=4)] == want, seed
+
+
+def test_too_few_train_good_images_name_the_category_and_the_rule():
+    with pytest.raises(GadbenchError, match=r"^category 'c' has 3 train/good images; k=2 at seed 1 \(nested\) needs"):
+        normal_references(table(), "c", 2, 1, "nested", 4)

@@ -334,7 +334,6 @@ def test_manifest_files_are_named_by_setting_and_seed_and_a_clean_block_other_th
     assert name("clean", "N4+A2", 4).name == "n4_a2_seed2_block4.csv"
     assert name("official", "N4+A2", 4).name == "n4_a2_seed2.csv"  # the official slices have no block
     assert name("clean", "Nall", 1).name == "nall_a0_seed2.csv"
-    assert _manifest(data, tmp_path, "N1+A1", 0, block=2)[0] == tmp_path / "refs" / "clean" / "objects" / "washer" / "n1_a1_seed0_block2.csv"
 
 
 def test_a_manifest_read_back_resolves_paths_and_masks_under_the_data_root(data, tmp_path):
@@ -385,3 +384,8 @@ def test_an_official_plan_ignores_the_assignment_of_a_normal_query_no_longer_in_
     plan = plan_category(path, manifest, table[table.path != gone], "washer", "official")
     queries = pd.concat([g.queries for g in plan.groups])
     assert gone not in set(queries.path) and len(queries) == ((table.category == "washer") & (table.split == "test")).sum() - 1
+
+
+def test_a_manifest_drawn_with_a_larger_clean_block_is_kept_under_the_blocks_name(data, tmp_path):
+    path, _ = _manifest(data, tmp_path, "N1+A1", 0, block=2)
+    assert path == tmp_path / "refs" / "clean" / "objects" / "washer" / "n1_a1_seed0_block2.csv" and path.is_file()
