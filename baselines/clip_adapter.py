@@ -4,6 +4,7 @@ normalisation, the weights they need, and what a row says of them."""
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 from benchmark.api import Adapter, Preprocessing
@@ -33,10 +34,10 @@ class ClipAdapter(Adapter):
 
     def shared_model(self, build, *key_parts) -> tuple:
         """build() -> (model, weights sha256, text features {}), once per process for this
-        architecture, weights file, device and `key_parts`."""
-        weights = None if self.config["allow_random_weights"] else self.config["weights"]["file"]
-        key = (self.name, self.config["clip_model"], self.config["clip_model_config"], *key_parts, weights,
-               str(self.context.device))
+        architecture, weights file and sha256, device and `key_parts` (FeatureService.frozen_model)."""
+        weights = None if self.config["allow_random_weights"] else (self.config["weights"]["file"], self.config["weights"]["sha256"])
+        architecture = json.dumps(self.config["clip_model_config"], sort_keys=True)  # a file's path, or a mapping
+        key = (self.name, self.config["clip_model"], architecture, *key_parts, weights, str(self.context.device))
         return self.context.features.frozen_model(key, build)
 
     def prompt_name(self, category: str) -> str:

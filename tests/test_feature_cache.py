@@ -96,3 +96,24 @@ def test_an_entry_that_is_not_a_tensor_file_is_refused_in_one_line(tmp_path, con
     assert "\n" not in message and "weights_only=False" not in message
     assert not (tmp_path / "ran").exists()
 
+
+
+def test_runners_of_one_process_build_a_frozen_model_once_and_the_bench_builds_its_own(tmp_path):
+    """A grid and the report after it (two Runners) share a CLIP and its text embeddings; the
+    efficiency bench's service (share_frozen=False) builds its own, so it times them cold."""
+    from benchmark.run.experiment import load_experiment
+    from benchmark.run.runner import Runner
+
+    builds = []
+
+    def build():
+        builds.append(1)
+        return object()
+
+    key = ("test-only", tmp_path.name)
+    experiment = load_experiment("configs/experiments/ci_mini.yaml")
+    first, second = (Runner(experiment, tmp_path / name, show_progress=False) for name in ("grid", "report"))
+    model = first.features.frozen_model(key, build)
+    assert second.features.frozen_model(key, build) is model and len(builds) == 1
+    private = FeatureService(WeightStore(tmp_path / "weights"), torch.device("cpu"), memory_bytes=0)
+    assert private.frozen_model(key, build) is not model and len(builds) == 2

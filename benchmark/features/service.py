@@ -18,17 +18,25 @@ from benchmark.features.disk_cache import DiskFeatureCache
 from benchmark.features.weights import WeightFile, WeightStore
 
 
+# The frozen models of every service that shares them, for the whole process: a grid and the
+# report after it (`gadbench rehearse`, `run` then `report` in one call) build a CLIP and encode its
+# prompts once, not once per Runner (about a fifth of a rehearsal on 2 CPU cores).
+_PROCESS_FROZEN: dict[tuple, object] = {}
+
+
 class FeatureService:
     """Builds backbones once per process and serves their features per image from two tiers: an
     in-memory LRU (bounded by `memory_bytes`) and, when `disk` is given, a DiskFeatureCache shared
-    by processes and runs. memory_bytes=0 and disk=None turn caching off (efficiency timing)."""
+    by processes and runs. memory_bytes=0 and disk=None turn caching off (efficiency timing).
+    share_frozen: frozen models (frozen_model) come from the process-wide table, built by any
+    service that shares it; otherwise this service builds its own (the bench times them cold)."""
 
     def __init__(self, store: WeightStore, device: torch.device, batch_size: int = 16,
-                 disk: DiskFeatureCache | None = None, memory_bytes: int = 2 << 30):
+                 disk: DiskFeatureCache | None = None, memory_bytes: int = 2 << 30, share_frozen: bool = False):
         self.store, self.device, self.batch_size = store, device, batch_size
         self.disk, self.memory_bytes = disk, memory_bytes
         self._backbones: dict[tuple, BackboneHandle] = {}
-        self._frozen: dict[tuple, object] = {}
+        self._frozen: dict[tuple, object] = _PROCESS_FROZEN if share_frozen else {}
         self._memory: OrderedDict[tuple[str, str], list[torch.Tensor]] = OrderedDict()
         self._memory_used = 0
         self.memory_hits = self.disk_hits = self.misses = 0
@@ -54,8 +62,9 @@ class FeatureService:
         return [WeightFile.from_config(backbone, backbone_entry(backbone)["weights"])]
 
     def frozen_model(self, key: tuple, build):
-        """A frozen model (a CLIP, with its text embeddings) built once per process and shared by
-        every cell that asks for the same key; `build()` makes it on first use."""
+        """A frozen model (a CLIP, with its text embeddings) built once and shared by every cell
+        that asks for the same key (the key names everything the model depends on: architecture,
+        weights' sha256, device); `build()` makes it on first use."""
         if key not in self._frozen:
             self._frozen[key] = build()
         return self._frozen[key]

@@ -55,7 +55,7 @@ class Runner:
     def __post_init__(self):
         self.results_root = Path(self.results_root)
         disk = DiskFeatureCache(self.cache_dir) if self.cache_dir is not None else None
-        self.features = FeatureService(self.weights, self.device, disk=disk)
+        self.features = FeatureService(self.weights, self.device, disk=disk, share_frozen=True)
         self.data = DataCatalogue(self.experiment, self.results_root)
         self.claims = Claims()
         make_deterministic(self.device)
