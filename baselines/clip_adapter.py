@@ -34,8 +34,14 @@ class ClipAdapter(Adapter):
 
     def shared_model(self, build, *key_parts) -> tuple:
         """build() -> (model, weights sha256, text features {}), once per process for this
-        architecture, weights file and sha256, device and `key_parts` (FeatureService.frozen_model)."""
-        weights = None if self.config["allow_random_weights"] else (self.config["weights"]["file"], self.config["weights"]["sha256"])
+        architecture, weights file (a new version on disk is a new model), device and `key_parts`
+        (FeatureService.frozen_model)."""
+        weights = None
+        if not self.config["allow_random_weights"]:  # the file, by its path, pinned sha256 and version on disk
+            weight = self.required_weights()[0]
+            path = self.context.weights.candidate_path(weight)
+            version = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+            weights = (str(path), weight.expected, version)
         architecture = json.dumps(self.config["clip_model_config"], sort_keys=True)  # a file's path, or a mapping
         key = (self.name, self.config["clip_model"], architecture, *key_parts, weights, str(self.context.device))
         return self.context.features.frozen_model(key, build)
