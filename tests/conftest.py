@@ -13,6 +13,13 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_COUNTS = {"train_good": 8, "test_good": 3, "test_per_defect": 2}
 
 
+def pytest_collection_modifyitems(items):
+    """The slow files first (stable otherwise): under pytest-xdist (run_tests.sh: one worker per
+    core, files kept whole) the rehearsal starts at once on one worker while the others share the
+    rest, instead of starting last and running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")

@@ -168,3 +168,15 @@ def test_without_hard_links_a_claim_is_created_exclusively_in_place(tmp_path, mo
     assert first.try_acquire(claim) and not second.try_acquire(claim)
     assert json.loads(claim.read_text())["token"] == first.owner["token"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0.claim"]
+
+
+def test_the_sweep_reaches_a_feature_cache_outside_the_results_folder(tmp_path, tiny_experiment):
+    """A run killed while it wrote a cached feature leaves a temporary file there (one a kill
+    landed on in the SIGKILL test of test_reliability.py); the next run removes it."""
+    cache = tmp_path / "elsewhere" / "features" / "abc" / "7f"
+    cache.mkdir(parents=True)
+    dead = cache / f".7f01.pt.{finished_pid()}@{Claims().owner['host']}.abcdefgh.tmp"
+    dead.write_text("")
+    catalogue = DataCatalogue(load_experiment(tiny_experiment), tmp_path / "results")
+    assert catalogue.sweep_temporary_files() == 0 and dead.exists()  # not its results folder
+    assert catalogue.sweep_temporary_files(tmp_path / "elsewhere" / "features") == 1 and not dead.exists()

@@ -78,12 +78,14 @@ class DataCatalogue:
         plan = plan_category(manifest_file, manifest, table, category, self.experiment.protocol)
         return manifest_file, limit_queries(plan, self.experiment.limit) if self.experiment.limit else plan
 
-    def sweep_temporary_files(self) -> int:
-        """Remove the temporary files a killed run can leave beside its cell files; those of a run
-        still writing (another `gadbench run` on this folder) are kept."""
+    def sweep_temporary_files(self, feature_cache: Path | None = None) -> int:
+        """Remove the temporary files a killed run can leave beside its cell files and in the disk
+        feature cache (wherever it is); those of a run still writing (another `gadbench run` on
+        this folder or cache) are kept."""
         removed = 0
-        for folder in ("runs", "references", "checkpoints", "tables"):
-            for temp in (self.results_root / folder).rglob(".*.tmp"):
+        folders = [self.results_root / f for f in ("runs", "references", "checkpoints", "tables")]
+        for folder in folders + ([feature_cache] if feature_cache is not None else []):
+            for temp in folder.rglob(".*.tmp"):
                 host, pid = temporary_owner(temp) or (None, None)
                 with contextlib.suppress(FileNotFoundError):  # its writer renamed it meanwhile
                     if owner_gone(host, pid, temp.stat().st_mtime, STALE_AFTER_SECONDS):

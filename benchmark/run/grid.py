@@ -25,7 +25,7 @@ def run_grid(runner: Runner, cells: list[Cell] | None = None, jobs: int = 1, sch
     (docs/reliability.md), and every cell records its count."""
     cells = runner.experiment.cells() if cells is None else cells
     raise_for_shortages(shortages(runner.data, cells), str(runner.experiment.path))  # before anything is written
-    runner.data.sweep_temporary_files()
+    runner.data.sweep_temporary_files(runner.features.disk.root if runner.features.disk is not None else None)
     runner.data.preflight(cells)
     todo = [c for c in cells if not runner.is_finished(c, report=lambda line: tqdm.write(line, file=sys.stderr))]
     summary = {"total": len(cells), "already_done": len(cells) - len(todo), DONE: 0, FAILED: 0, SKIPPED: 0, ELSEWHERE: 0}
