@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source tools/ensure_venv.sh
-OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest -n "${GADBENCH_TEST_WORKERS:-auto}" --dist loadfile "$@"
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest -n "${GADBENCH_TEST_WORKERS:-auto}" --dist loadfile --no-loadscope-reorder "$@"
 if [ -n "${GADBENCH_SKIP_GATE:-}" ]; then
   exit 0
 fi

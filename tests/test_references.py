@@ -389,3 +389,13 @@ def test_an_official_plan_ignores_the_assignment_of_a_normal_query_no_longer_in_
 def test_a_manifest_drawn_with_a_larger_clean_block_is_kept_under_the_blocks_name(data, tmp_path):
     path, _ = _manifest(data, tmp_path, "N1+A1", 0, block=2)
     assert path == tmp_path / "refs" / "clean" / "objects" / "washer" / "n1_a1_seed0_block2.csv" and path.is_file()
+
+
+def test_a_data_root_reached_through_a_symbolic_link_writes_the_same_relative_manifest(data, tmp_path):
+    root, table = data
+    link = tmp_path / "linked"
+    link.symlink_to(root, target_is_directory=True)
+    through_link = ensure_manifest(tmp_path / "via_link", "objects", link, read_mvtec(link), "washer", parse_setting("N1+A1"),
+                                   0, "clean", 4, 127, abnormal_block=1)[0]
+    direct = _manifest(data, tmp_path, "N1+A1", 0)[0]
+    assert through_link.read_text() == direct.read_text() and "../" not in direct.read_text()

@@ -60,7 +60,9 @@ def manifest_path(root: Path, protocol: str, dataset: str, category: str, settin
 
 
 def _relative(path: str, data_root: Path) -> str:
-    return os.path.relpath(path, data_root)
+    """The path relative to the data root, both resolved: a data root reached through a symbolic
+    link (data on another disk) gives the same relative paths as the real folder."""
+    return os.path.relpath(os.path.realpath(path), os.path.realpath(data_root))
 
 
 def _resolve_inside(data_root: Path, relative: str, manifest: Path) -> str:
