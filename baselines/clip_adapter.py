@@ -40,8 +40,8 @@ class ClipAdapter(Adapter):
         if not self.config["allow_random_weights"]:  # the file, by its path, pinned sha256 and version on disk
             weight = self.required_weights()[0]
             path = self.context.weights.candidate_path(weight)
-            version = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
-            weights = (str(path), weight.expected, version)
+            stat = path.stat() if path.is_file() else None
+            weights = (str(path), weight.expected, stat and (stat.st_mtime_ns, stat.st_size))
         architecture = json.dumps(self.config["clip_model_config"], sort_keys=True)  # a file's path, or a mapping
         key = (self.name, self.config["clip_model"], architecture, *key_parts, weights, str(self.context.device))
         return self.context.features.frozen_model(key, build)

@@ -64,7 +64,7 @@ class FeatureService:
     def frozen_model(self, key: tuple, build):
         """A frozen model (a CLIP, with its text embeddings) built once and shared by every cell
         that asks for the same key (the key names everything the model depends on: architecture,
-        weights' sha256, device); `build()` makes it on first use."""
+        weights file, device: ClipAdapter.shared_model); `build()` makes it on first use."""
         if key not in self._frozen:
             self._frozen[key] = build()
         return self._frozen[key]
