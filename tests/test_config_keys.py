@@ -264,7 +264,7 @@ def _experiment_data(path):
 def test_an_empty_or_non_list_grid_axis_is_refused_naming_it(tmp_path, synthetic_root, key, value):
     from benchmark.run.experiment import load_experiment
 
-    path = write_experiment(tmp_path / "e.yaml", synthetic_root, **{key: value} if key == "pairs" else {})
+    path = write_experiment(tmp_path / "e.yaml", synthetic_root)
     data = _experiment_data(path)
     data[key] = value
     path.write_text(yaml.safe_dump(data))
@@ -317,6 +317,7 @@ def test_a_named_methods_own_file_is_named_when_it_is_wrong(tmp_path, monkeypatc
         experiment_module.load_method("mine", "e.yaml")
     with pytest.raises(GadbenchError, match=r"^e\.yaml: unknown method 'mien'; did you mean 'mine'"):
         experiment_module.load_method("mien", "e.yaml")
+
 
 def test_an_inline_method_without_a_label_is_shown_by_its_name_and_the_default_table_keeps_pair_order(tmp_path, synthetic_root):
     from benchmark.run.experiment import load_experiment
